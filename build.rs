@@ -3,7 +3,11 @@
 //! prost code with `BTreeMap` maps for deterministic serialisation.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/Model.proto", "proto/FeatureTypes.proto", "proto/MIL.proto"];
+    let files = [
+        "proto/Model.proto",
+        "proto/FeatureTypes.proto",
+        "proto/MIL.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -5,7 +5,10 @@ pub mod core_ml {
     pub mod specification {
         include!(concat!(env!("OUT_DIR"), "/core_ml.specification.rs"));
         pub mod mil_spec {
-            include!(concat!(env!("OUT_DIR"), "/core_ml.specification.mil_spec.rs"));
+            include!(concat!(
+                env!("OUT_DIR"),
+                "/core_ml.specification.mil_spec.rs"
+            ));
         }
     }
 }

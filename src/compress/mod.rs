@@ -1,0 +1,9 @@
+//! Passes that rewrite a package's program and weights. Each pass reads the
+//! input [`crate::package::Package`], writes a new package through
+//! [`crate::package::Staging`] and a [`crate::package::WeightSink`], and
+//! never touches the input.
+
+pub mod decompress;
+mod driver;
+
+pub use driver::{rewrite_package, Progress, RewriteStats};

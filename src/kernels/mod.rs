@@ -1,0 +1,4 @@
+//! Pure numeric kernels on plain slices. Nothing here knows about MIL,
+//! protobuf or files: that keeps them easy to test and to reuse.
+
+pub mod bits;
