@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# scripts/test.sh - the one command that runs the whole sdcompress test suite.
+#
+# Needs: Rust (stable, with rustfmt and clippy) and python3 (3.11) with the venv module.
+# Creates .venv in the repository (if missing) with the pinned packages from
+# scripts/requirements-interop.txt (coremltools 9.0 + numpy + safetensors), so that the interop
+# tests (tests/interop.rs + tests/interop/*.py) run against coremltools instead of skipping.
+# Then: cargo fmt --check, clippy -D warnings, cargo test --all-targets, the fuzz crate's build
+# (if fuzz/ exists), and - if ../shared/oracle/verify.py exists next to the repository - an
+# end-to-end oracle check of the CLI. Safe to run again; a second run skips the installs.
+#
+# Environment: SDCOMPRESS_SKIP_PIP=1 trusts an existing .venv as it is (offline use).
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+# ---------------------------------------------------------------------------------------------
+# Python venv for the interop tests
+# ---------------------------------------------------------------------------------------------
+venv="$repo/.venv"
+py="$venv/bin/python"
+req="$repo/scripts/requirements-interop.txt"
+
+if [ ! -x "$py" ] || ! "$py" -c 'import sys' >/dev/null 2>&1; then
+    step "creating Python venv $venv"
+    if ! python3 -m venv --clear "$venv"; then
+        echo "error: 'python3 -m venv' failed; on Debian install python3-venv (apt-get install python3-venv)" >&2
+        exit 1
+    fi
+fi
+
+stamp="$venv/.sdcompress-requirements"
+want="$(sha256sum "$req" | cut -d' ' -f1) $("$py" -c 'import sys; print(sys.version.split()[0])')"
+if [ "${SDCOMPRESS_SKIP_PIP:-0}" = 1 ]; then
+    step "Python venv: SDCOMPRESS_SKIP_PIP=1, using $venv as it is"
+elif [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
+    && "$py" -c 'import coremltools, numpy, safetensors' >/dev/null 2>&1; then
+    step "Python venv up to date ($venv)"
+else
+    step "installing pinned Python packages into $venv (scripts/requirements-interop.txt)"
+    "$py" -m pip install --quiet --disable-pip-version-check --no-input -r "$req"
+    printf '%s\n' "$want" >"$stamp"
+fi
+"$py" - <<'PYEOF' 2>/dev/null || { echo "error: coremltools is not importable with $py" >&2; exit 1; }
+import sys, coremltools, numpy
+print(f"python {sys.version.split()[0]}, coremltools {coremltools.__version__}, numpy {numpy.__version__}")
+PYEOF
+
+export SDCOMPRESS_PYTHON="$py"
+export SDCOMPRESS_REQUIRE_INTEROP=1
+export PYTHONDONTWRITEBYTECODE=1
+export TQDM_DISABLE=1
+
+oracle=""
+if [ -f "$repo/../shared/oracle/verify.py" ]; then
+    oracle="$(cd "$repo/../shared/oracle" && pwd)/verify.py"
+    export SDCOMPRESS_ORACLE="$oracle"
+    export SDCOMPRESS_REQUIRE_ORACLE=1
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Rust
+# ---------------------------------------------------------------------------------------------
+step "cargo fmt --all --check"
+cargo fmt --all --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+step "cargo test --all-targets"
+cargo test --all-targets
+
+if [ -f "$repo/fuzz/Cargo.toml" ]; then
+    # cargo-fuzz needs nightly to *run* the targets; building them must work on stable.
+    step "cargo build --manifest-path fuzz/Cargo.toml (stable build of the fuzz targets)"
+    cargo build --manifest-path fuzz/Cargo.toml
+else
+    step "fuzz: skipped (no fuzz/Cargo.toml)"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Shared oracle: end to end through the CLI, with model outputs from verify.py's interpreter
+# ---------------------------------------------------------------------------------------------
+if [ -z "$oracle" ]; then
+    step "oracle: skipped: ../shared not present"
+else
+    step "oracle: sdcompress decompress + $oracle --calib (outputs must equal the input program's)"
+    bin="${CARGO_TARGET_DIR:-$repo/target}/debug/sdcompress"
+    tmp="$(mktemp -d "${TMPDIR:-/tmp}/sdcompress-oracle.XXXXXX")"
+    trap 'rm -rf "$tmp"' EXIT
+    # fixture : calibration file : samples
+    for item in \
+        tiny-sd-unet.p4-tensor:calib-tiny-sd:2 \
+        tiny-sd-unet-ios18.prune0.4-p4-gs16:calib-tiny-sd:2 \
+        tiny-sdxl-unet:calib-tiny-sdxl:1 \
+        mlsd-unet-ios16:calib-mlsd-unet:1; do
+        IFS=: read -r name calib samples <<<"$item"
+        in="$repo/fixtures/$name.mlpackage"
+        out="$tmp/$name.mlpackage"
+        "$bin" decompress "$in" -o "$out" --quiet
+        rc=0
+        "$py" -B "$oracle" "$out" --reference "$in" --calib "$repo/fixtures/$calib.safetensors" \
+            --samples "$samples" --json >"$tmp/$name.json" 2>"$tmp/$name.err" || rc=$?
+        if ! "$py" -B "$repo/tests/interop/check_verify_report.py" "decompress $name (verify.py exit $rc)" \
+            "$tmp/$name.json"; then
+            tail -n 20 "$tmp/$name.err" >&2 || true
+            exit 1
+        fi
+    done
+fi
+
+step "all checks passed"
