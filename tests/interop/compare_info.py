@@ -6,7 +6,13 @@ USAGE
 
 Fields compared (see ct_info.py): specification_version; the set of function names; per
 function opset, deployment_target (when sdcompress prints it), op_types, op_count (when
-printed); weights.count/parameters and compressed.count/parameters. Extra fields on either side
+printed); weights.count/parameters and compressed.count/parameters.
+
+op_types: by default (--op-types proto) sdcompress' op_types must equal the histogram of the
+protobuf as serialized, and - when sdcompress prints inline_constexpr_params - op_types with
+that many consts added must equal coremltools' in-memory (pymil) histogram, which is what
+fixtures.json and verify.py report. --op-types pymil compares op_types with the pymil histogram
+directly. Extra fields on either side
 are ignored. No coremltools import. EXIT CODE 0 equal, 1 differences (listed), 2 error.
 """
 import argparse
@@ -50,14 +56,25 @@ def compare_info(ct, sdc, which="pymil"):
         got = _get(s, "op_types")
         if got is KeyError or not isinstance(got, dict):
             diffs.append(f"functions[{name}].op_types: missing in sdcompress info")
-        else:
-            want = cf[key]
-            for t in sorted(set(want) | set(got)):
-                if want.get(t, 0) != got.get(t, 0):
-                    diffs.append(f"functions[{name}].op_types[{t}]: sdcompress {got.get(t, 0)} != "
-                                 f"coremltools {want.get(t, 0)} ({which} count)")
-            if "op_count" in s:
-                cmp(f"functions[{name}].op_count", sum(want.values()), s["op_count"])
+            continue
+        want = cf[key]
+        for t in sorted(set(want) | set(got)):
+            if want.get(t, 0) != got.get(t, 0):
+                diffs.append(f"functions[{name}].op_types[{t}]: sdcompress {got.get(t, 0)} != "
+                             f"coremltools {want.get(t, 0)} ({which} count)")
+        if "op_count" in s:
+            cmp(f"functions[{name}].op_count", sum(want.values()), s["op_count"])
+        inline = s.get("inline_constexpr_params")
+        if which == "proto" and isinstance(inline, int):
+            # sdcompress' op_types + one const per inline constexpr parameter must give the
+            # histogram of coremltools' in-memory (pymil) program, i.e. fixtures.json's op_types
+            as_pymil = dict(got)
+            as_pymil["const"] = as_pymil.get("const", 0) + inline
+            pym = cf["op_types"]
+            for t in sorted(set(pym) | set(as_pymil)):
+                if pym.get(t, 0) != as_pymil.get(t, 0):
+                    diffs.append(f"functions[{name}]: op_types[{t}] + inline_constexpr_params = "
+                                 f"{as_pymil.get(t, 0)} != coremltools' pymil count {pym.get(t, 0)}")
     for group in ("weights", "compressed"):
         for field in ("count", "parameters"):
             cmp(f"{group}.{field}", ct[group][field], _get(sdc, group, field))
@@ -68,7 +85,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("ct_info")
     ap.add_argument("sdc_info")
-    ap.add_argument("--op-types", choices=("pymil", "proto"), default="pymil")
+    ap.add_argument("--op-types", choices=("pymil", "proto"), default="proto")
     a = ap.parse_args(argv)
     try:
         with open(a.ct_info) as f:

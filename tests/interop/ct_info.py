@@ -6,7 +6,8 @@ USAGE
     ct_info.py PACKAGE --compare SDC_INFO.json       # also compare with sdcompress' info JSON
     ct_info.py --check PKG1 SDC1.json PKG2 SDC2.json ...   # several comparisons, one process
     ct_info.py --fixtures fixtures/fixtures.json   # self-check: every fixture vs its recorded facts
-    options: --op-types pymil|proto   which histogram --compare checks (default pymil)
+    options: --op-types proto|pymil   which histogram --compare checks (default proto; see
+                                      compare_info.py)
 
 FIELDS (schema "sdcompress.ct_info/1")
     specification_version   Model.specificationVersion
@@ -25,8 +26,10 @@ FIELDS (schema "sdcompress.ct_info/1")
     compressed              the same, restricted to weights produced by a constexpr op.
 
 --compare checks specification_version, the set of function names, and per function opset,
-deployment_target (if sdcompress prints it), op_types (or proto_op_types with --op-types proto),
-op_count (if printed; must be the sum of op_types), and weights/compressed count and parameters.
+deployment_target (if sdcompress prints it), op_types against proto_op_types (plus, when
+sdcompress prints inline_constexpr_params, op_types + that many consts against the pymil
+op_types; --op-types pymil compares with the pymil histogram directly), op_count (if printed;
+must be the sum), and weights/compressed count and parameters.
 EXIT CODE 0 ok / all equal, 1 a difference, 2 error.
 """
 import argparse
@@ -81,7 +84,8 @@ def _check(package, sdc_path, which):
         return 1
     f = ct_facts["functions"]
     print(f"{package}: info agrees with coremltools ({len(f)} function(s), "
-          f"{sum(x['op_count'] for x in f)} ops, {ct_facts['weights']['count']} weights, "
+          f"{sum(x['proto_op_count'] for x in f)} ops ({sum(x['op_count'] for x in f)} in pymil), "
+          f"{ct_facts['weights']['count']} weights, "
           f"{ct_facts['compressed']['count']} compressed)")
     return 0
 
@@ -132,7 +136,7 @@ def run(argv):
     ap.add_argument("packages", nargs="*")
     ap.add_argument("--compare", metavar="SDC_INFO.json")
     ap.add_argument("--check", action="store_true", help="arguments are PACKAGE SDC_INFO.json pairs")
-    ap.add_argument("--op-types", choices=("pymil", "proto"), default="pymil")
+    ap.add_argument("--op-types", choices=("pymil", "proto"), default="proto")
     ap.add_argument("--fixtures", metavar="FIXTURES.json", help="self-check against fixtures.json")
     a = ap.parse_args(argv)
     if a.fixtures:
