@@ -2,3 +2,5 @@
 //! protobuf or files: that keeps them easy to test and to reuse.
 
 pub mod bits;
+pub mod kmeans;
+pub mod palettize;

@@ -1,0 +1,290 @@
+//! Palettization of one group of values: a lookup table of at most
+//! `2^nbits` entries plus one index per value.
+//!
+//! The LUT is stored in the weight's own dtype. For fp16 weights we work on
+//! the fp16 bit patterns directly: a histogram over the (at most 63,488
+//! distinct finite) values, exact k-means on it ([`super::kmeans`]),
+//! centroids rounded to fp16, then every distinct value is mapped to its
+//! *nearest* fp16 LUT entry. Assigning to the nearest rounded entry (rather
+//! than to the cluster the value came from, as coremltools does) can only
+//! lower the error.
+
+use super::kmeans::{kmeans_1d, Histogram};
+use half::f16;
+
+/// How LUT entries are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Optimal 1-D k-means.
+    Kmeans,
+    /// `2^n` evenly spaced values from min to max.
+    Uniform,
+    /// The distinct values themselves (lossless; fails if there are too many).
+    Unique,
+}
+
+/// Why a group could not be palettized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupError {
+    /// NaN or infinity in the data.
+    NonFinite,
+    /// `unique` mode with more distinct values than entries.
+    TooManyUnique(usize),
+}
+
+/// LUT and indices of one group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group<T> {
+    /// Exactly `2^nbits` entries, ascending over the used ones; unused
+    /// entries are 0.
+    pub lut: Vec<T>,
+    /// One index per input value.
+    pub indices: Vec<u8>,
+}
+
+/// Order-preserving key of a finite fp16 bit pattern (`-0` maps to `+0`).
+#[inline]
+fn key16(bits: u16) -> u16 {
+    let bits = if bits == 0x8000 { 0 } else { bits };
+    if bits & 0x8000 != 0 {
+        !bits
+    } else {
+        bits | 0x8000
+    }
+}
+
+#[inline]
+fn unkey16(k: u16) -> u16 {
+    if k & 0x8000 != 0 {
+        k & 0x7fff
+    } else {
+        !k
+    }
+}
+
+/// Reusable per-thread buffers for fp16 groups (two 64k tables).
+pub struct Scratch16 {
+    counts: Vec<u32>,
+    index_of: Vec<u8>,
+}
+
+impl Default for Scratch16 {
+    fn default() -> Self {
+        Self {
+            counts: vec![0; 1 << 16],
+            index_of: vec![0; 1 << 16],
+        }
+    }
+}
+
+/// Palettizes fp16 values into `2^nbits` entries.
+pub fn palettize_f16(
+    values: &[f16],
+    nbits: u32,
+    mode: Mode,
+    sc: &mut Scratch16,
+) -> Result<Group<f16>, GroupError> {
+    let k = 1usize << nbits;
+    if values.iter().any(|v| !v.is_finite()) {
+        return Err(GroupError::NonFinite);
+    }
+    // Histogram over order-preserving keys; `present` lists distinct keys
+    // in ascending value order.
+    let mut present: Vec<u16> = Vec::new();
+    if values.len() >= 8192 {
+        for v in values {
+            sc.counts[key16(v.to_bits()) as usize] += 1;
+        }
+        for (key, c) in sc.counts.iter().enumerate() {
+            if *c != 0 {
+                present.push(key as u16);
+            }
+        }
+    } else {
+        let mut keys: Vec<u16> = values.iter().map(|v| key16(v.to_bits())).collect();
+        keys.sort_unstable();
+        for key in keys {
+            if sc.counts[key as usize] == 0 {
+                present.push(key);
+            }
+            sc.counts[key as usize] += 1;
+        }
+    }
+    let hist = Histogram {
+        values: present
+            .iter()
+            .map(|&key| f16::from_bits(unkey16(key)).to_f64())
+            .collect(),
+        counts: present
+            .iter()
+            .map(|&key| f64::from(sc.counts[key as usize]))
+            .collect(),
+    };
+    for &key in &present {
+        sc.counts[key as usize] = 0;
+    }
+    let mut lut: Vec<f16> = match mode {
+        Mode::Kmeans => kmeans_1d(&hist, k)
+            .centroids
+            .iter()
+            .map(|&c| f16::from_f64(c))
+            .collect(),
+        Mode::Unique => {
+            if hist.len() > k {
+                return Err(GroupError::TooManyUnique(hist.len()));
+            }
+            hist.values.iter().map(|&v| f16::from_f64(v)).collect()
+        }
+        Mode::Uniform => {
+            let lo = hist.values.first().copied().unwrap_or(0.0);
+            let hi = hist.values.last().copied().unwrap_or(0.0);
+            let step = (hi - lo) / (k - 1) as f64;
+            (0..k)
+                .map(|i| f16::from_f64(lo + step * i as f64))
+                .collect()
+        }
+    };
+    // Nearest entry for every distinct value: both lists are sorted, so one
+    // merge-like walk suffices (ties go to the lower entry).
+    let lutf: Vec<f64> = lut.iter().map(|x| x.to_f64()).collect();
+    let mut j = 0usize;
+    for (&key, &x) in present.iter().zip(&hist.values) {
+        while j + 1 < lutf.len() && (lutf[j + 1] - x).abs() < (lutf[j] - x).abs() {
+            j += 1;
+        }
+        sc.index_of[key as usize] = j as u8;
+    }
+    let indices = values
+        .iter()
+        .map(|v| sc.index_of[key16(v.to_bits()) as usize])
+        .collect();
+    lut.resize(k, f16::ZERO);
+    Ok(Group { lut, indices })
+}
+
+/// Palettizes f32 values into `2^nbits` entries (f32 LUT).
+pub fn palettize_f32(values: &[f32], nbits: u32, mode: Mode) -> Result<Group<f32>, GroupError> {
+    let k = 1usize << nbits;
+    if values.iter().any(|v| !v.is_finite()) {
+        return Err(GroupError::NonFinite);
+    }
+    let xs: Vec<f64> = values.iter().map(|&v| f64::from(v)).collect();
+    let hist = Histogram::from_values(&xs);
+    let mut lut: Vec<f32> = match mode {
+        Mode::Kmeans => kmeans_1d(&hist, k)
+            .centroids
+            .iter()
+            .map(|&c| c as f32)
+            .collect(),
+        Mode::Unique => {
+            if hist.len() > k {
+                return Err(GroupError::TooManyUnique(hist.len()));
+            }
+            hist.values.iter().map(|&v| v as f32).collect()
+        }
+        Mode::Uniform => {
+            let lo = hist.values.first().copied().unwrap_or(0.0);
+            let hi = hist.values.last().copied().unwrap_or(0.0);
+            let step = (hi - lo) / (k - 1) as f64;
+            (0..k).map(|i| (lo + step * i as f64) as f32).collect()
+        }
+    };
+    let lutf: Vec<f64> = lut.iter().map(|&x| f64::from(x)).collect();
+    let indices = values
+        .iter()
+        .map(|&v| nearest(&lutf, f64::from(v)) as u8)
+        .collect();
+    lut.resize(k, 0.0);
+    Ok(Group { lut, indices })
+}
+
+/// Index of the entry of sorted `lut` nearest to `x` (lower on ties).
+fn nearest(lut: &[f64], x: f64) -> usize {
+    let p = lut.partition_point(|&c| c < x);
+    if p == 0 {
+        return 0;
+    }
+    if p == lut.len() {
+        return lut.len() - 1;
+    }
+    if (x - lut[p - 1]).abs() <= (lut[p] - x).abs() {
+        p - 1
+    } else {
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn keys_preserve_order() {
+        let vals = [-65504.0f32, -1.0, -1e-7, -0.0, 0.0, 1e-7, 0.5, 65504.0];
+        let keys: Vec<u16> = vals
+            .iter()
+            .map(|&v| key16(f16::from_f32(v).to_bits()))
+            .collect();
+        assert!(keys.windows(2).all(|w| w[0] <= w[1]), "{keys:?}");
+        for &v in &vals {
+            let b = f16::from_f32(v).to_bits();
+            let b = if b == 0x8000 { 0 } else { b };
+            assert_eq!(unkey16(key16(b)), b);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn lut_and_indices_are_valid(raw in prop::collection::vec(-2000i16..2000, 1..3000),
+                                     nbits in prop::sample::select(vec![1u32, 2, 3, 4, 6, 8])) {
+            let vals: Vec<f16> = raw.iter().map(|&r| f16::from_f32(f32::from(r) / 512.0)).collect();
+            let mut sc = Scratch16::default();
+            let g = palettize_f16(&vals, nbits, Mode::Kmeans, &mut sc).unwrap();
+            prop_assert_eq!(g.lut.len(), 1usize << nbits);
+            prop_assert_eq!(g.indices.len(), vals.len());
+            prop_assert!(g.indices.iter().all(|&i| (i as usize) < (1usize << nbits)));
+            // Scratch tables are left clean for the next group.
+            prop_assert!(sc.counts.iter().all(|&c| c == 0));
+            // Error is the exact optimum's up to fp16 rounding of centroids:
+            // never worse than the clustering with unrounded centroids plus
+            // the rounding step.
+            let xs: Vec<f64> = vals.iter().map(|v| v.to_f64()).collect();
+            let h = Histogram::from_values(&xs);
+            let opt = kmeans_1d(&h, 1 << nbits);
+            let err: f64 = vals.iter().zip(&g.indices).map(|(v, &i)| (v.to_f64() - g.lut[i as usize].to_f64()).powi(2)).sum();
+            let tol = vals.len() as f64 * (1.0 / 512.0f64).powi(2) * 0.25 + 1e-12;
+            prop_assert!(err <= opt.sse + tol, "err {} opt {}", err, opt.sse);
+        }
+
+        #[test]
+        fn unique_is_lossless(raw in prop::collection::vec(0u8..6, 1..500)) {
+            let vals: Vec<f16> = raw.iter().map(|&r| f16::from_f32(f32::from(r) * 0.25 - 0.5)).collect();
+            let g = palettize_f16(&vals, 3, Mode::Unique, &mut Scratch16::default()).unwrap();
+            for (v, &i) in vals.iter().zip(&g.indices) {
+                prop_assert_eq!(g.lut[i as usize], *v);
+            }
+        }
+    }
+
+    #[test]
+    fn non_finite_is_refused() {
+        let v = [f16::from_f32(1.0), f16::INFINITY];
+        assert_eq!(
+            palettize_f16(&v, 4, Mode::Kmeans, &mut Scratch16::default()),
+            Err(GroupError::NonFinite)
+        );
+        assert_eq!(
+            palettize_f32(&[1.0, f32::NAN], 4, Mode::Kmeans),
+            Err(GroupError::NonFinite)
+        );
+    }
+
+    #[test]
+    fn uniform_spans_min_to_max() {
+        let v: Vec<f32> = (0..100).map(|i| i as f32 / 99.0).collect();
+        let g = palettize_f32(&v, 2, Mode::Uniform).unwrap();
+        assert_eq!(g.lut, vec![0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0]);
+    }
+}
