@@ -18,5 +18,6 @@ pub mod mil;
 pub mod model;
 pub mod package;
 pub mod proto;
+pub mod report;
 
 pub use error::{Error, Result};

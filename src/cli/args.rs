@@ -35,6 +35,117 @@ pub enum Command {
     /// Replace every constexpr_* weight (LUT, sparse, quantized, joint) by a
     /// plain fp16/fp32 const; a lossless copy for uncompressed packages.
     Decompress(DecompressArgs),
+    /// Palettize weights: k-means lookup tables (per tensor, or per group of
+    /// output channels with --group-size), written as constexpr_lut_to_dense.
+    Palettize(PalettizeArgs),
+}
+
+/// Deployment targets accepted by --target.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum TargetArg {
+    /// iOS16 / macOS13 (CoreML6).
+    Ios16,
+    /// iOS17 / macOS14 (CoreML7).
+    Ios17,
+    /// iOS18 / macOS15 (CoreML8).
+    Ios18,
+}
+
+/// Granularity values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum GranularityArg {
+    /// One LUT per tensor.
+    PerTensor,
+    /// One LUT per group of --group-size output channels (iOS18).
+    PerGroupedChannel,
+}
+
+/// Mode values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ModeArg {
+    /// Optimal 1-D k-means (exact, weighted by value counts).
+    Kmeans,
+    /// 2^nbits evenly spaced values from min to max.
+    Uniform,
+    /// The tensor's own distinct values (lossless; skipped if too many).
+    Unique,
+}
+
+/// Flags shared by every compression command.
+#[derive(Debug, Args)]
+pub struct CommonCompressArgs {
+    /// The input .mlpackage directory (never modified).
+    pub model: PathBuf,
+    /// The output .mlpackage directory.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Replace the output if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Only compress weights whose const name or consuming op name matches
+    /// this regular expression.
+    #[arg(long, value_name = "REGEX")]
+    pub include: Option<String>,
+    /// Never compress weights whose const name or consuming op name matches.
+    #[arg(long, value_name = "REGEX")]
+    pub exclude: Option<String>,
+    /// Only compress weights read by these op types (comma-separated, e.g.
+    /// conv,linear).
+    #[arg(long, value_name = "TYPES", value_delimiter = ',')]
+    pub op_types: Option<Vec<String>>,
+    /// Compress only weights with more than N elements (coremltools'
+    /// weight_threshold; default 2048).
+    #[arg(long, value_name = "N")]
+    pub weight_threshold: Option<usize>,
+    /// JSON config with global / per-op-type / per-op-name settings, like
+    /// coremltools' OptimizationConfig (see README). Flags given on the
+    /// command line override its global level.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Move the program to the iOS18 opset if a setting needs it (refused
+    /// when that would change the meaning of an op).
+    #[arg(long)]
+    pub upgrade_opset: bool,
+    /// Minimum deployment target of the output (implies --upgrade-opset).
+    #[arg(long, value_enum)]
+    pub target: Option<TargetArg>,
+    /// Write the JSON report (schema sdcompress.report/1) to FILE, or to
+    /// stdout with '-'.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Worker threads (default: all cores). The output does not depend on it.
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Seed for any randomised step (recorded in the report; the k-means
+    /// used here is exact and does not depend on it).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// `sdcompress palettize`.
+#[derive(Debug, Args)]
+pub struct PalettizeArgs {
+    #[command(flatten)]
+    pub common: CommonCompressArgs,
+    /// Index bits per weight: 1, 2, 3, 4, 6 or 8 (3 needs iOS18). Optional
+    /// with --mode unique (then the smallest that fits).
+    #[arg(long, value_parser = parse_nbits)]
+    pub nbits: Option<u32>,
+    /// Channels per LUT group; selects per-grouped-channel granularity
+    /// (iOS18).
+    #[arg(long, value_name = "N")]
+    pub group_size: Option<usize>,
+    /// per-tensor (default without --group-size) or per-grouped-channel
+    /// (default group size 32).
+    #[arg(long, value_enum)]
+    pub granularity: Option<GranularityArg>,
+    /// Output-channel axis for grouping (default: from the consuming op:
+    /// 0 for conv/linear, 1 for conv_transpose).
+    #[arg(long, value_name = "AXIS", allow_hyphen_values = true)]
+    pub channel_axis: Option<i64>,
+    /// How LUT entries are chosen.
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeArg>,
 }
 
 /// `sdcompress info`.
@@ -59,4 +170,11 @@ pub struct DecompressArgs {
     /// Replace the output if it exists.
     #[arg(long)]
     pub force: bool,
+}
+
+fn parse_nbits(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if [1, 2, 3, 4, 6, 8].contains(&n) => Ok(n),
+        _ => Err(format!("'{s}' is not one of 1, 2, 3, 4, 6, 8")),
+    }
 }

@@ -4,6 +4,7 @@
 mod args;
 mod decompress;
 mod info;
+mod palettize;
 mod progress;
 
 pub use args::{Cli, Command};
@@ -21,5 +22,32 @@ pub fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Info(a) => info::run(a),
         Command::Decompress(a) => decompress::run(a, quiet),
+        Command::Palettize(a) => palettize::run(a, quiet),
     }
+}
+
+/// A rayon pool with `threads` workers (all cores when `None`).
+fn thread_pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
+    let mut b = rayon::ThreadPoolBuilder::new();
+    if let Some(n) = threads {
+        if n == 0 {
+            anyhow::bail!("--threads must be at least 1");
+        }
+        b = b.num_threads(n);
+    }
+    Ok(b.build()?)
+}
+
+/// Writes a report to a file, or stdout for `-`, or nowhere.
+fn write_report(path: Option<&std::path::Path>, report: &impl serde::Serialize) -> Result<()> {
+    use std::io::Write;
+    let Some(p) = path else { return Ok(()) };
+    let mut s = serde_json::to_string_pretty(report)?;
+    s.push('\n');
+    if p.as_os_str() == "-" {
+        std::io::stdout().lock().write_all(s.as_bytes())?;
+    } else {
+        std::fs::write(p, s).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+    }
+    Ok(())
 }

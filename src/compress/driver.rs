@@ -39,6 +39,12 @@ pub trait OpRewriter {
         blobs: &BlobFiles,
         sink: &mut WeightSink<'_>,
     ) -> Result<Rewritten, Error>;
+
+    /// Last changes to the model before it is written (spec version,
+    /// opset relabelling).
+    fn finish_model(&mut self, _model: &mut crate::proto::spec::Model) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 /// Result of rewriting one op.
@@ -105,6 +111,7 @@ pub fn rewrite_package(
             }
         }
     }
+    pass.finish_model(&mut new_model)?;
     let bytes = model::encode(&new_model);
     let mpath = staging.dir().join(&pkg.model_rel);
     if let Some(parent) = mpath.parent() {

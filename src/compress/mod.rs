@@ -3,7 +3,11 @@
 //! [`crate::package::Staging`] and a [`crate::package::WeightSink`], and
 //! never touches the input.
 
+pub mod config;
 pub mod decompress;
 mod driver;
+pub mod palettize;
+pub mod select;
+pub mod target;
 
-pub use driver::{rewrite_package, Progress, RewriteStats};
+pub use driver::{rewrite_package, OpRewriter, Progress, RewriteStats, Rewritten};

@@ -118,6 +118,11 @@ impl<'a> WeightSink<'a> {
         Ok(())
     }
 
+    /// Bytes written so far to `file_name` (0 if not opened yet).
+    pub fn bytes_written(&self, file_name: &str) -> u64 {
+        self.writers.get(file_name).map_or(0, |w| w.len())
+    }
+
     /// Number of weight files open.
     pub fn files(&self) -> usize {
         self.writers.len()

@@ -1,0 +1,124 @@
+//! The versioned JSON report that compression commands write with
+//! `--report` (schema `sdcompress.report/1`), and the error metrics in it.
+
+use serde::Serialize;
+
+/// Version tag of the report document.
+pub const SCHEMA: &str = "sdcompress.report/1";
+
+/// Error of a reconstructed weight against the original.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Metrics {
+    /// 10·log10(Σx² / Σ(x−y)²); `null` when the reconstruction is exact.
+    pub snr_db: Option<f64>,
+    /// sqrt(Σ(x−y)² / Σx²).
+    pub rel_l2: f64,
+    /// max |x − y|.
+    pub max_abs_err: f64,
+    /// Σ(x−y)² (for totals and comparisons).
+    pub sse: f64,
+}
+
+impl Metrics {
+    /// Compares `orig` with `approx` elementwise (in f64).
+    pub fn between(orig: impl Iterator<Item = f64>, approx: impl Iterator<Item = f64>) -> Self {
+        let (mut sig, mut err, mut mx) = (0.0f64, 0.0f64, 0.0f64);
+        for (x, y) in orig.zip(approx) {
+            sig += x * x;
+            let d = x - y;
+            err += d * d;
+            mx = mx.max(d.abs());
+        }
+        Metrics {
+            snr_db: if err > 0.0 {
+                Some(10.0 * (sig / err).log10())
+            } else {
+                None
+            },
+            rel_l2: if sig > 0.0 {
+                (err / sig).sqrt()
+            } else {
+                err.sqrt()
+            },
+            max_abs_err: mx,
+            sse: err,
+        }
+    }
+}
+
+/// One weight's line in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct WeightReport {
+    /// Function.
+    pub function: String,
+    /// Const name.
+    pub name: String,
+    /// Consuming op names.
+    pub ops: Vec<String>,
+    /// Consuming op types.
+    pub op_types: Vec<String>,
+    /// Weight shape.
+    pub shape: Vec<usize>,
+    /// Weight dtype.
+    pub dtype: String,
+    /// Bytes the dense weight occupied.
+    pub bytes_before: u64,
+    /// Bytes its compressed form occupies (= before when skipped).
+    pub bytes_after: u64,
+    /// Why it was left alone, if it was.
+    pub skipped: Option<String>,
+    /// Compression details (absent when skipped).
+    #[serde(flatten)]
+    pub detail: Option<serde_json::Value>,
+    /// Reconstruction error (absent when skipped).
+    #[serde(flatten)]
+    pub metrics: Option<Metrics>,
+}
+
+/// Totals of a run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Totals {
+    /// Weights seen.
+    pub weights: usize,
+    /// Weights compressed.
+    pub compressed: usize,
+    /// Weights skipped.
+    pub skipped: usize,
+    /// Parameters of all weights.
+    pub parameters: u64,
+    /// Parameters of compressed weights.
+    pub compressed_parameters: u64,
+    /// Weight-file bytes of the input.
+    pub weight_bytes_before: u64,
+    /// Weight-file bytes of the output.
+    pub weight_bytes_after: u64,
+    /// Stored bits per compressed parameter (indices, LUTs, masks...).
+    pub bits_per_compressed_weight: Option<f64>,
+    /// Weight-file bits per parameter of all weights.
+    pub bits_per_weight: Option<f64>,
+    /// Σ squared error / Σ squared weight over compressed weights, in dB.
+    pub global_snr_db: Option<f64>,
+    /// Wall-clock seconds (the only non-deterministic field).
+    pub wall_seconds: f64,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Always [`SCHEMA`].
+    pub schema: &'static str,
+    /// `palettize`, `prune`, ...
+    pub command: String,
+    /// Input package.
+    pub input: String,
+    /// Output package.
+    pub output: String,
+    /// Effective options.
+    pub options: serde_json::Value,
+    /// Spec version before → after.
+    pub specification_version: [i32; 2],
+    /// Per weight, in program order.
+    pub weights: Vec<WeightReport>,
+    /// Totals.
+    pub totals: Totals,
+}
