@@ -415,12 +415,17 @@ impl Rng {
         if let Some(z) = self.spare.take() {
             return z;
         }
-        let u1 = 1.0 - self.uniform(); // (0, 1]
-        let u2 = self.uniform();
-        let r = (-2.0 * u1.ln()).sqrt();
-        let (s, c) = (std::f64::consts::TAU * u2).sin_cos();
-        self.spare = Some(r * s);
-        r * c
+        // Marsaglia's polar method: no trigonometry, both values used.
+        loop {
+            let u = 2.0 * self.uniform() - 1.0;
+            let v = 2.0 * self.uniform() - 1.0;
+            let s = u * u + v * v;
+            if s > 0.0 && s < 1.0 {
+                let f = (-2.0 * s.ln() / s).sqrt();
+                self.spare = Some(v * f);
+                return u * f;
+            }
+        }
     }
 }
 
@@ -441,52 +446,74 @@ fn heavy(rng: &mut Rng) -> f64 {
     rng.normal() * sigma * NORM
 }
 
-/// Values of one parameter tensor. Matrices (rank >= 2): per-tensor std
-/// in [0.02, 0.05], per-output-channel log-normal scale (sigma 0.25),
+/// Values of one parameter tensor, as f32. Matrices (rank >= 2): per-tensor
+/// std in [0.02, 0.05], per-output-channel log-normal scale (sigma 0.25),
 /// heavy-tailed noise. Rank 1: norm weights around 1, norm and layer
 /// biases around 0.
 fn generate(seed: u64, name: &str, shape: &[usize], is_norm_weight: bool) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    let mut out = vec![0u8; n * 4];
+    generate_into(seed, name, shape, is_norm_weight, DType::Fp32, &mut out);
+    out.chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// The blob payload of one parameter tensor (little-endian fp16 or fp32).
+fn generate_bytes(
+    seed: u64,
+    name: &str,
+    shape: &[usize],
+    norm_weight: bool,
+    dtype: DType,
+) -> Vec<u8> {
+    let n: usize = shape.iter().product();
+    let mut out = vec![0u8; n * (dtype.bits() / 8) as usize];
+    generate_into(seed, name, shape, norm_weight, dtype, &mut out);
+    out
+}
+
+/// Fills `out` (storage bytes of `dtype`) with the values of one tensor.
+/// Rows (output channels) are generated in parallel, each from its own
+/// stream, so the result does not depend on the number of threads.
+fn generate_into(
+    seed: u64,
+    name: &str,
+    shape: &[usize],
+    is_norm_weight: bool,
+    dtype: DType,
+    out: &mut [u8],
+) {
     let tseed = seed ^ fnv1a(name);
     let mut trng = Rng::derive(tseed, u64::MAX);
-    let n: usize = shape.iter().product();
+    let put = |o: &mut [u8], x: f64| {
+        if dtype == DType::Fp16 {
+            o.copy_from_slice(&f16::from_f64(x).to_le_bytes());
+        } else {
+            o.copy_from_slice(&(x as f32).to_le_bytes());
+        }
+    };
+    let esz = (dtype.bits() / 8) as usize;
     if shape.len() <= 1 {
         let (center, std) = if is_norm_weight {
             (1.0, 0.02 + 0.08 * trng.uniform())
         } else {
             (0.0, 0.01 + 0.04 * trng.uniform())
         };
-        return (0..n)
-            .map(|_| (center + std * heavy(&mut trng)) as f32)
-            .collect();
+        for o in out.chunks_exact_mut(esz) {
+            put(o, center + std * heavy(&mut trng));
+        }
+        return;
     }
     let std = 0.02 + 0.03 * trng.uniform();
-    let row = n / shape[0];
-    let mut out = vec![0f32; n];
+    let row = out.len() / shape[0];
     out.par_chunks_mut(row).enumerate().for_each(|(r, chunk)| {
         let mut rng = Rng::derive(tseed, r as u64);
         let scale = std * (0.25 * rng.normal()).exp();
-        for x in chunk {
-            *x = (scale * heavy(&mut rng)) as f32;
+        for o in chunk.chunks_exact_mut(esz) {
+            put(o, scale * heavy(&mut rng));
         }
     });
-    out
-}
-
-fn storage_bytes(v: &[f32], dtype: DType) -> Vec<u8> {
-    match dtype {
-        DType::Fp16 => {
-            let mut b = vec![0u8; v.len() * 2];
-            b.par_chunks_mut(1 << 16)
-                .zip(v.par_chunks(1 << 15))
-                .for_each(|(o, i)| {
-                    for (o, x) in o.chunks_exact_mut(2).zip(i) {
-                        o.copy_from_slice(&f16::from_f32(*x).to_le_bytes());
-                    }
-                });
-            b
-        }
-        _ => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1047,16 +1074,17 @@ fn main() -> Result<()> {
     let seed = cli.seed;
     let jobs = &b.jobs;
     let mut offsets = Vec::with_capacity(jobs.len());
-    let (tx, rx) = sync_channel::<Vec<u8>>(2);
+    let (tx, rx) = sync_channel::<Vec<u8>>(1);
     let written = std::thread::scope(|s| -> Result<u64> {
         s.spawn(move || {
             for j in jobs {
-                let v = if j.name.is_empty() {
-                    vec![0f32; j.shape.iter().product()]
+                let bytes = if j.name.is_empty() {
+                    let n: usize = j.shape.iter().product();
+                    vec![0u8; n * bytes_per as usize]
                 } else {
-                    generate(seed, &j.name, &j.shape, j.norm_weight)
+                    generate_bytes(seed, &j.name, &j.shape, j.norm_weight, dtype)
                 };
-                if tx.send(storage_bytes(&v, dtype)).is_err() {
+                if tx.send(bytes).is_err() {
                     return;
                 }
             }
