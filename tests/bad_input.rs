@@ -970,3 +970,132 @@ fn input_unchanged_after_failed_decompress() {
         "input after failed decompress",
     );
 }
+
+// ---------------------------------------------------------------------------
+// Fuzz harness replay (stable Rust, no libFuzzer)
+// ---------------------------------------------------------------------------
+
+/// The checks behind the fuzz targets (`fuzz/src/lib.rs`), compiled into
+/// this test so that seeds, committed crash inputs and a few deterministic
+/// mutations run on every `cargo test`.
+#[path = "../fuzz/src/lib.rs"]
+mod fuzz_checks;
+
+/// Every file in `fuzz/regressions/<target>/` (minimized inputs that once
+/// crashed a fuzz target).
+fn regressions(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let dir = repo_root().join("fuzz/regressions").join(target);
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<_> = rd
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let b = std::fs::read(&p).unwrap();
+            (p, b)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The fixtures' files of one kind.
+fn fixture_files(rel: &str) -> Vec<(String, Vec<u8>)> {
+    all_fixtures()
+        .into_iter()
+        .map(|n| {
+            let b = std::fs::read(fixture(&n).join(rel)).unwrap();
+            (n, b)
+        })
+        .collect()
+}
+
+/// A weight.bin cut after its first `keep` blobs, header count patched.
+fn first_blobs(wb: &[u8], keep: u32) -> Vec<u8> {
+    let mut at = 64usize;
+    let mut end = 64usize;
+    for _ in 0..keep {
+        let size = u64::from_le_bytes(wb[at + 8..at + 16].try_into().unwrap()) as usize;
+        let data = u64::from_le_bytes(wb[at + 16..at + 24].try_into().unwrap()) as usize;
+        end = data + size;
+        at = end.div_ceil(64) * 64;
+    }
+    let mut v = wb[..end].to_vec();
+    v[0..4].copy_from_slice(&keep.to_le_bytes());
+    v
+}
+
+#[test]
+fn fuzz_blob_reader_replay() {
+    for (p, b) in regressions("blob_reader") {
+        eprintln!("replay {}", p.display());
+        fuzz_checks::blob_reader(&b);
+    }
+    for (_, wb) in fixture_files(WEIGHT_REL) {
+        fuzz_checks::blob_reader(&wb);
+        // Every byte of the header and the first three records, set to a
+        // few interesting values; and every truncation of that prefix.
+        let small = first_blobs(&wb, 3);
+        let fields = 64 * 4;
+        for i in 0..fields.min(small.len()) {
+            for x in [
+                0u8,
+                1,
+                0x3f,
+                0x40,
+                0x7f,
+                0x80,
+                0xff,
+                small[i].wrapping_add(1),
+            ] {
+                let mut m = small.clone();
+                m[i] = x;
+                fuzz_checks::blob_reader(&m);
+            }
+        }
+        for cut in 0..=fields.min(small.len()) {
+            fuzz_checks::blob_reader(&small[..cut]);
+        }
+    }
+}
+
+#[test]
+fn fuzz_manifest_replay() {
+    for (p, b) in regressions("manifest") {
+        eprintln!("replay {}", p.display());
+        fuzz_checks::manifest(&b);
+    }
+    for (_, m) in fixture_files("Manifest.json") {
+        fuzz_checks::manifest(&m);
+        for cut in 0..m.len() {
+            fuzz_checks::manifest(&m[..cut]);
+        }
+    }
+    for s in [
+        &b"{}"[..],
+        b"null",
+        b"{\"fileFormatVersion\":\"1.0.0\",\"itemInfoEntries\":{\"a\":{\"path\":\"..\",\"name\":\"\",\"author\":\"\",\"description\":\"\"}},\"rootModelIdentifier\":\"a\"}",
+        b"{\"fileFormatVersion\":\"1.0.0\",\"itemInfoEntries\":{\"a\":{\"path\":\"x/./y\",\"name\":\"\",\"author\":\"\",\"description\":\"\"}},\"rootModelIdentifier\":\"a\"}",
+        b"{\"fileFormatVersion\":\"18446744073709551616.0.0\",\"itemInfoEntries\":{},\"rootModelIdentifier\":\"\"}",
+    ] {
+        fuzz_checks::manifest(s);
+    }
+}
+
+#[test]
+fn fuzz_program_replay() {
+    for (p, b) in regressions("program") {
+        eprintln!("replay {}", p.display());
+        fuzz_checks::program(&b);
+    }
+    // The whole fixture programs (the fuzzer itself starts from slices).
+    for (_, m) in fixture_files(MODEL_REL) {
+        fuzz_checks::program(&m);
+    }
+    // Truncations of one program.
+    let (_, m) = &fixture_files(MODEL_REL)[0];
+    for k in 0..64 {
+        fuzz_checks::program(&m[..m.len() * k / 64]);
+    }
+}
