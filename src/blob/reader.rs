@@ -58,6 +58,11 @@ impl BlobFile {
         } else {
             Some(unsafe { Mmap::map(&file) }.map_err(io)?)
         };
+        #[cfg(unix)]
+        if let Some(m) = &map {
+            // We read payloads front to back; ask for aggressive read-ahead.
+            let _ = m.advise(memmap2::Advice::Sequential);
+        }
         let bytes: &[u8] = map.as_deref().unwrap_or(&[]);
         let records = Self::validate(path, bytes)?;
         Ok(Self {
@@ -189,6 +194,32 @@ impl BlobFile {
         bytes
             .get(rec.data_offset as usize..(rec.data_offset + rec.size) as usize)
             .unwrap_or(&[])
+    }
+
+    /// Lets the OS drop the pages of a payload we are done with, so that
+    /// streaming through a multi-GB file does not grow the resident set to
+    /// the file's size. The data stays in the page cache; a later read
+    /// faults it back in.
+    pub fn release(&self, rec: &BlobRecord) {
+        let Some(map) = &self.map else { return };
+        const PAGE: u64 = 4096;
+        let start = rec.data_offset / PAGE * PAGE;
+        let end = (rec.data_offset + rec.size).min(map.len() as u64);
+        if end <= start {
+            return;
+        }
+        // SAFETY: the mapping is a read-only, private mapping of a file;
+        // MADV_DONTNEED on it only discards our page-table entries, and any
+        // later access re-reads the same bytes from the file. No `&[u8]`
+        // handed out becomes invalid.
+        #[cfg(unix)]
+        let _ = unsafe {
+            map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                start as usize,
+                (end - start) as usize,
+            )
+        };
     }
 
     /// File length in bytes.

@@ -175,7 +175,11 @@ pub fn decode_value(v: &mil::Value, blobs: &BlobFiles, ctx: &str) -> Result<Tens
     let data = match &v.value {
         Some(value::Value::BlobFileValue(bv)) => {
             let (file, rec) = blob_record(blobs, bv, dtype, &shape, ctx)?;
-            decode_storage(file.payload(&rec), dtype, n, ctx)?
+            let d = decode_storage(file.payload(&rec), dtype, n, ctx)?;
+            // The decoded copy is all we need now: let the mapped pages go
+            // so streaming a multi-GB model keeps a small resident set.
+            file.release(&rec);
+            d
         }
         Some(value::Value::ImmediateValue(iv)) => match &iv.value {
             Some(mil::value::immediate_value::Value::Tensor(tv)) => {

@@ -83,6 +83,7 @@ impl<'a> WeightSink<'a> {
         })?;
         let rec = *file.record(offset)?;
         let out = self.append(file_name, rec.dtype, file.payload(&rec), rec.padding_bits)?;
+        file.release(&rec);
         self.copied.insert(key, out);
         Ok(out)
     }
