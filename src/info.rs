@@ -337,11 +337,9 @@ fn walk_chain(
         "constexpr_affine_dequantize" => {
             c.quantized = declared(op, index, "quantized_data").map(|d| d.0)
         }
-        "constexpr_blockwise_shift_scale" => {
-            // A shift-scale on a LUT quantizes the LUT, not the weight.
-            if c.quantized.is_none() {
-                c.quantized = declared(op, index, "data").map(|d| d.0);
-            }
+        // A shift-scale on a LUT quantizes the LUT, not the weight.
+        "constexpr_blockwise_shift_scale" if c.quantized.is_none() => {
+            c.quantized = declared(op, index, "data").map(|d| d.0);
         }
         "constexpr_sparse_blockwise_shift_scale" => {
             c.quantized = declared(op, index, "nonzero_data").map(|d| d.0)

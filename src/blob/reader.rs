@@ -88,7 +88,7 @@ impl BlobFile {
         let mut records = BTreeMap::new();
         let mut at = HEADER_LEN;
         for _ in 0..count {
-            let rec_end = at.checked_add(RECORD_LEN).unwrap_or(u64::MAX);
+            let rec_end = at.saturating_add(RECORD_LEN);
             if rec_end > len {
                 return Err(BlobError::Truncated {
                     path: p(),
@@ -131,7 +131,7 @@ impl BlobFile {
                     "payload offset {data_offset} overlaps the record or an earlier blob"
                 )));
             }
-            let data_end = data_offset.checked_add(size).unwrap_or(u64::MAX);
+            let data_end = data_offset.saturating_add(size);
             if data_end > len {
                 return Err(BlobError::Truncated {
                     path: p(),

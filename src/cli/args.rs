@@ -37,7 +37,7 @@ pub enum Command {
     Decompress(DecompressArgs),
     /// Palettize weights: k-means lookup tables (per tensor, or per group of
     /// output channels with --group-size), written as constexpr_lut_to_dense.
-    Palettize(PalettizeArgs),
+    Palettize(Box<PalettizeArgs>),
 }
 
 /// Deployment targets accepted by --target.

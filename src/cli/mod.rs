@@ -22,7 +22,7 @@ pub fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Info(a) => info::run(a),
         Command::Decompress(a) => decompress::run(a, quiet),
-        Command::Palettize(a) => palettize::run(a, quiet),
+        Command::Palettize(a) => palettize::run(*a, quiet),
     }
 }
 

@@ -311,6 +311,9 @@ impl<'p> Palettize<'p> {
     }
 }
 
+/// LUT and indices of one group, or why it failed.
+type GroupResult<T> = Result<(Vec<T>, Vec<u8>), GroupError>;
+
 /// Splits `shape` around `axis`: (outer, channels, inner).
 fn split_axis(shape: &[usize], axis: usize) -> (usize, usize, usize) {
     (
@@ -367,7 +370,7 @@ fn compute(
                     nbits_for_unique(m).ok_or(format!("{m} unique values need more than 8 bits"))?
                 }
             };
-            let res: Vec<Result<(Vec<f16>, Vec<u8>), GroupError>> = (0..groups)
+            let res: Vec<GroupResult<f16>> = (0..groups)
                 .into_par_iter()
                 .map_init(Scratch16::default, |sc, g| {
                     let r = if contiguous {
@@ -425,7 +428,7 @@ fn compute(
                     nbits_for_unique(m).ok_or(format!("{m} unique values need more than 8 bits"))?
                 }
             };
-            let res: Vec<Result<(Vec<f32>, Vec<u8>), GroupError>> = (0..groups)
+            let res: Vec<GroupResult<f32>> = (0..groups)
                 .into_par_iter()
                 .map(|g| {
                     let vals: Vec<f32> = gather(g).into_iter().map(|i| x[i]).collect();

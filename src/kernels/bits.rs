@@ -25,7 +25,7 @@ pub fn packed_len(count: usize, nbits: u32) -> Option<usize> {
 /// Padding bits in the last byte of a packed stream of `count` elements.
 pub fn padding_bits(count: usize, nbits: u32) -> u8 {
     let bits = (count as u128) * u128::from(nbits);
-    ((8 - (bits % 8) as u8) % 8) as u8
+    (8 - (bits % 8) as u8) % 8
 }
 
 /// Packs `values` (each `< 2^nbits`; higher bits are masked off) into bytes.
