@@ -129,6 +129,9 @@ pub struct Palettize<'p> {
     ios18_ops: bool,
     /// Per-weight lines, in program order.
     pub reports: Vec<WeightReport>,
+    /// Op and value names in use, per function (new op names must not
+    /// collide with them).
+    names: BTreeMap<String, BTreeSet<String>>,
 }
 
 fn stored_bytes(pkg: &Package, index: &FunctionIndex<'_>, w: &ConstWeight) -> u64 {
@@ -149,6 +152,25 @@ impl<'p> Palettize<'p> {
     /// too old without `--upgrade-opset`).
     pub fn plan(pkg: &'p Package, opts: &PalettizeOptions) -> Result<Self, String> {
         let prog = pkg.program();
+        // Already-compressed weights would need the joint path (sparse +
+        // LUT) or a decompress first; refuse rather than silently skip.
+        let mut compressed = BTreeMap::<String, usize>::new();
+        for (fname, func) in &prog.functions {
+            let index = FunctionIndex::new(fname, func)
+                .map_err(|e| format!("{}: {e}", pkg.model_path().display()))?;
+            for (_, op) in &index.ops {
+                if crate::mil::program::is_constexpr(&op.r#type) {
+                    *compressed.entry(op.r#type.clone()).or_default() += 1;
+                }
+            }
+        }
+        if !compressed.is_empty() {
+            let list: Vec<String> = compressed.iter().map(|(t, n)| format!("{n} {t}")).collect();
+            return Err(format!(
+                "the package is already compressed ({}); palettizing it again is not supported\nhint: run `sdcompress decompress` first to start from dense weights",
+                list.join(", ")
+            ));
+        }
         let mut plans = BTreeMap::new();
         let mut need_ios18 = false;
         let mut any = false;
@@ -248,6 +270,21 @@ impl<'p> Palettize<'p> {
             want = 9;
         }
         let out_target = target_for_spec(want).ok_or("unknown target")?;
+        let mut names = BTreeMap::new();
+        for (fname, func) in &prog.functions {
+            let index = FunctionIndex::new(fname, func).map_err(|e| e.to_string())?;
+            let set: BTreeSet<String> = index
+                .ops
+                .iter()
+                .flat_map(|(_, op)| {
+                    crate::mil::program::op_name(op)
+                        .into_iter()
+                        .chain(op.outputs.iter().map(|o| o.name.clone()))
+                })
+                .chain(func.inputs.iter().map(|i| i.name.clone()))
+                .collect();
+            names.insert(fname.clone(), set);
+        }
         if out_target.spec > cur.spec {
             if let Some(why) = upgrade_blockers(&pkg.model, out_target) {
                 return Err(format!(
@@ -264,6 +301,7 @@ impl<'p> Palettize<'p> {
             out_target,
             ios18_ops: out_target.spec >= 9,
             reports: Vec::new(),
+            names,
         })
     }
 
@@ -589,6 +627,21 @@ impl Palettize<'_> {
     }
 }
 
+impl Palettize<'_> {
+    /// `base`, or `base_1`, `base_2`, ... if taken in function `f`.
+    fn fresh_name(&mut self, f: &str, base: &str) -> String {
+        let set = self.names.entry(f.to_string()).or_default();
+        let mut name = base.to_string();
+        let mut n = 0;
+        while set.contains(&name) {
+            n += 1;
+            name = format!("{base}_{n}");
+        }
+        set.insert(name.clone());
+        name
+    }
+}
+
 impl OpRewriter for Palettize<'_> {
     fn rewrite(
         &mut self,
@@ -639,7 +692,8 @@ impl OpRewriter for Palettize<'_> {
             _ => crate::package::DEFAULT_WEIGHT_FILE.to_string(),
         };
         let before = sink.bytes_written(&file);
-        let new_op = self.build_op(w, &c, &file, sink, &format!("{}_palettized", w.const_name))?;
+        let op_name = self.fresh_name(index.name, &format!("{}_palettized", w.const_name));
+        let new_op = self.build_op(w, &c, &file, sink, &op_name)?;
         report.bytes_after = sink.bytes_written(&file) - before;
         report.detail = Some(serde_json::json!({
             "mode": settings.mode,
