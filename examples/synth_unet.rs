@@ -12,8 +12,12 @@
 //!
 //! ```text
 //! cargo run --release --example synth_unet -- --arch sdxl|sd15|tiny --out X.mlpackage \
-//!     [--seed N] [--dtype fp16|fp32] [--target ios17|ios18] [--force] [--count-only]
+//!     [--seed N] [--dtype fp16|fp32] [--target ios17|ios18] [--subset N] [--force] [--count-only]
 //! ```
+//!
+//! `--subset N` keeps every N-th conv/linear layer and every N-th norm layer (in execution
+//! order, starting with the first), with their exact shapes, names and values: a smaller
+//! package with the same tensor mix, e.g. for timing a slow tool on part of the model.
 //!
 //! Weights are generated tensor by tensor (rows in parallel with rayon,
 //! one RNG stream per row, so the bytes do not depend on the thread count)
@@ -84,6 +88,10 @@ struct Cli {
     /// Only print the parameter inventory; write nothing.
     #[arg(long)]
     count_only: bool,
+    /// Keep only every N-th conv/linear layer and every N-th norm layer (execution order,
+    /// first one kept); shapes, names and values are those of the full model.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    subset: Option<u64>,
 }
 
 // ------------------------------------------------------------------------------------------
@@ -346,6 +354,24 @@ fn unet_layers(cfg: &UnetConfig) -> Vec<Layer> {
     l.norm("conv_norm_out".into(), boc[0]);
     l.conv("conv_out".into(), boc[0], cfg.out_channels, 3, 1);
     l.v
+}
+
+/// Every `n`-th conv/linear layer and every `n`-th norm layer, first ones kept.
+fn subset(layers: Vec<Layer>, n: usize) -> Vec<Layer> {
+    let (mut mats, mut norms) = (0usize, 0usize);
+    layers
+        .into_iter()
+        .filter(|l| {
+            let c = if matches!(l, Layer::Norm { .. }) {
+                &mut norms
+            } else {
+                &mut mats
+            };
+            let keep = *c % n == 0;
+            *c += 1;
+            keep
+        })
+        .collect()
 }
 
 // ------------------------------------------------------------------------------------------
@@ -970,7 +996,8 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let t0 = Instant::now();
     let cfg = config(cli.arch);
-    let layers = unet_layers(&cfg);
+    let subset_n = cli.subset.unwrap_or(1) as usize;
+    let layers = subset(unet_layers(&cfg), subset_n);
     let dtype = match cli.dtype {
         WDtype::Fp16 => DType::Fp16,
         WDtype::Fp32 => DType::Fp32,
@@ -1006,7 +1033,10 @@ fn main() -> Result<()> {
         human(max_t)
     );
     println!("total parameters: {}", human(total));
-    if let Some(r) = cfg.reference_total {
+    if subset_n > 1 {
+        println!("subset: every {subset_n}th conv/linear and norm layer of the full model");
+    }
+    if let Some(r) = cfg.reference_total.filter(|_| subset_n == 1) {
         let rel = (total as f64 - r as f64) / r as f64;
         println!(
             "reference total:  {} (diffusers UNet2DConditionModel), difference {:+} ({:+.4} %)",
@@ -1147,8 +1177,8 @@ fn main() -> Result<()> {
     user.insert(
         "sdcompress.synth_unet".to_string(),
         format!(
-            "arch={:?} seed={} dtype={:?} target={:?} params={}",
-            cli.arch, cli.seed, cli.dtype, cli.target, total
+            "arch={:?} seed={} dtype={:?} target={:?} subset={} params={}",
+            cli.arch, cli.seed, cli.dtype, cli.target, subset_n, total
         )
         .to_lowercase(),
     );
