@@ -29,8 +29,33 @@ fn main() -> ExitCode {
             {
                 return ExitCode::from(cli::EXIT_OK);
             }
-            eprintln!("error: {e:#}");
+            // One line per error: names from the input (manifest ids, op
+            // names) may contain newlines, so control characters in the
+            // message are escaped; a trailing `hint:` line is ours.
+            let text = format!("{e:#}");
+            let (msg, hint) = match text.split_once("\nhint: ") {
+                Some((m, h)) => (m.to_string(), Some(h.to_string())),
+                None => (text, None),
+            };
+            eprintln!("error: {}", escape_controls(&msg));
+            if let Some(h) = hint {
+                eprintln!("hint: {}", escape_controls(&h));
+            }
             ExitCode::from(cli::EXIT_ERROR)
         }
     }
+}
+
+/// Escapes newlines and other control characters so a message stays on
+/// one line.
+fn escape_controls(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }

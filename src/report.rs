@@ -20,6 +20,24 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// From Σx², Σ(x−y)² and max |x−y|.
+    pub fn from_sums(signal: f64, sse: f64, max_abs: f64) -> Self {
+        Metrics {
+            snr_db: if sse > 0.0 {
+                Some(10.0 * (signal / sse).log10())
+            } else {
+                None
+            },
+            rel_l2: if signal > 0.0 {
+                (sse / signal).sqrt()
+            } else {
+                sse.sqrt()
+            },
+            max_abs_err: max_abs,
+            sse,
+        }
+    }
+
     /// Compares `orig` with `approx` elementwise (in f64).
     pub fn between(orig: impl Iterator<Item = f64>, approx: impl Iterator<Item = f64>) -> Self {
         let (mut sig, mut err, mut mx) = (0.0f64, 0.0f64, 0.0f64);

@@ -180,7 +180,6 @@ fn manifest_item_symlink_escapes() {
 }
 
 #[test]
-#[ignore = "BUG src/main.rs (or the error types): strings from the input are printed raw, so a newline in them splits the error over several lines"]
 fn manifest_item_id_with_newline_still_one_error_line() {
     let c = Case::new(BASE);
     let mut v = manifest_json(&c);
@@ -454,7 +453,6 @@ fn program_offset_where_no_record_starts_decompress() {
 }
 
 #[test]
-#[ignore = "BUG src/info.rs: info does not validate blob references"]
 fn program_offset_where_no_record_starts_info() {
     let c = dangling_offset_case();
     c.info_fails("weight.bin", "no blob record at offset 128");
@@ -467,7 +465,6 @@ fn program_offset_beyond_file_end_decompress() {
 }
 
 #[test]
-#[ignore = "BUG src/info.rs: info does not validate blob references"]
 fn program_offset_beyond_file_end_info() {
     let c = offset_beyond_end_case();
     c.info_fails("weight.bin", "no blob record");
@@ -480,7 +477,6 @@ fn program_offset_where_no_record_starts_in_compressed_chain_decompress() {
 }
 
 #[test]
-#[ignore = "BUG src/info.rs: info does not validate blob references"]
 fn program_offset_where_no_record_starts_in_compressed_chain_info() {
     let c = dangling_offset_in_chain_case();
     c.info_fails("weight.bin", "no blob record at offset 256");
@@ -588,7 +584,6 @@ fn blob_dtype_differs_from_declared_type_in_compressed_chain_decompress() {
 }
 
 #[test]
-#[ignore = "BUG src/info.rs: info does not validate blob references"]
 fn blob_dtype_differs_from_declared_type_in_compressed_chain_info() {
     let c = chain_dtype_mismatch_case();
     c.info_fails("model.mlmodel", "UInt4");
@@ -596,13 +591,11 @@ fn blob_dtype_differs_from_declared_type_in_compressed_chain_info() {
 }
 
 #[test]
-#[ignore = "BUG src/package/sink.rs: decompress copies a kept const's blob without checking it against the declared type"]
 fn blob_dtype_differs_from_declared_type_of_dense_const_decompress() {
     dense_dtype_mismatch_case().decompress_fails("model.mlmodel", "Float16");
 }
 
 #[test]
-#[ignore = "BUG src/info.rs: info does not validate blob references"]
 fn blob_dtype_differs_from_declared_type_of_dense_const_info() {
     let c = dense_dtype_mismatch_case();
     c.info_fails("model.mlmodel", "Float16");
@@ -610,13 +603,11 @@ fn blob_dtype_differs_from_declared_type_of_dense_const_info() {
 }
 
 #[test]
-#[ignore = "BUG src/package/sink.rs: decompress copies a kept const's blob without checking it against the declared shape"]
 fn blob_size_differs_from_declared_shape_decompress() {
     dense_size_mismatch_case().decompress_fails("model.mlmodel", "48 bytes");
 }
 
 #[test]
-#[ignore = "BUG src/info.rs: info does not validate blob references"]
 fn blob_size_differs_from_declared_shape_info() {
     let c = dense_size_mismatch_case();
     c.info_fails("model.mlmodel", "48 bytes");

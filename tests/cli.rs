@@ -497,7 +497,6 @@ fn info_into_closed_pipe_is_not_an_error() {
 }
 
 #[test]
-#[ignore = "BUG src/cli/info.rs + src/main.rs: with --json the BrokenPipe io::Error is wrapped in serde_json::Error, so main's downcast misses it"]
 fn info_json_into_closed_pipe_is_not_an_error() {
     let out = info_into_closed_pipe(true);
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));

@@ -11,8 +11,11 @@ pub fn run(a: InfoArgs) -> Result<u8> {
     let info = inspect(&pkg, &a.model.display().to_string())?;
     let mut out = std::io::stdout().lock();
     if a.json {
-        serde_json::to_writer_pretty(&mut out, &info)?;
-        writeln!(out)?;
+        // Serialise first so that a closed stdout surfaces as a plain
+        // io::Error (main treats BrokenPipe as success).
+        let mut text = serde_json::to_string_pretty(&info)?;
+        text.push('\n');
+        out.write_all(text.as_bytes())?;
     } else {
         human(&mut out, &info)?;
     }

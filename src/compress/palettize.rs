@@ -13,7 +13,9 @@ use super::select::{channel_axis, const_weights, ConstWeight, Selection};
 use super::target::{program_target, upgrade, upgrade_blockers};
 use crate::error::Error;
 use crate::kernels::bits;
-use crate::kernels::palettize::{palettize_f16, palettize_f32, GroupError, Mode, Scratch16};
+use crate::kernels::palettize::{
+    palettize_f16, palettize_f32, GroupError, GroupError2, Mode, Scratch16,
+};
 use crate::mil::value::{
     blob_value, decode_value, immediate_value, string_value, tensor_value_type, BlobFiles,
 };
@@ -350,7 +352,7 @@ impl<'p> Palettize<'p> {
 }
 
 /// LUT and indices of one group, or why it failed.
-type GroupResult<T> = Result<(Vec<T>, Vec<u8>), GroupError>;
+type GroupResult<T> = Result<(Vec<T>, Vec<u8>, GroupError2), GroupError>;
 
 /// Splits `shape` around `axis`: (outer, channels, inner).
 fn split_axis(shape: &[usize], axis: usize) -> (usize, usize, usize) {
@@ -417,13 +419,15 @@ fn compute(
                         let vals: Vec<f16> = gather(g).into_iter().map(|i| x[i]).collect();
                         palettize_f16(&vals, nbits, s.mode, sc)
                     };
-                    r.map(|gr| (gr.lut, gr.indices))
+                    r.map(|gr| (gr.lut, gr.indices, gr.error))
                 })
                 .collect();
             let mut indices = vec![0u8; x.len()];
             let mut lut = Vec::with_capacity(groups << nbits);
+            let mut acc = GroupError2::default();
             for (g, r) in res.into_iter().enumerate() {
-                let (l, idx) = r.map_err(group_err)?;
+                let (l, idx, e) = r.map_err(group_err)?;
+                acc.add(&e);
                 if contiguous {
                     indices[g * gs * inner..(g + 1) * gs * inner].copy_from_slice(&idx);
                 } else {
@@ -433,21 +437,7 @@ fn compute(
                 }
                 lut.extend(l);
             }
-            let per = x.len() / groups;
-            let group_of = |p: usize| {
-                if contiguous {
-                    p / per
-                } else {
-                    (p / inner % chans) / gs
-                }
-            };
-            let metrics = Metrics::between(
-                x.iter().map(|v| v.to_f64()),
-                indices
-                    .iter()
-                    .enumerate()
-                    .map(|(p, &i)| lut[(group_of(p) << nbits) + i as usize].to_f64()),
-            );
+            let metrics = Metrics::from_sums(acc.signal, acc.sse, acc.max_abs);
             Ok(Computed {
                 nbits,
                 groups,
@@ -470,26 +460,21 @@ fn compute(
                 .into_par_iter()
                 .map(|g| {
                     let vals: Vec<f32> = gather(g).into_iter().map(|i| x[i]).collect();
-                    palettize_f32(&vals, nbits, s.mode).map(|gr| (gr.lut, gr.indices))
+                    palettize_f32(&vals, nbits, s.mode).map(|gr| (gr.lut, gr.indices, gr.error))
                 })
                 .collect();
             let mut indices = vec![0u8; x.len()];
             let mut lut = Vec::with_capacity(groups << nbits);
+            let mut acc = GroupError2::default();
             for (g, r) in res.into_iter().enumerate() {
-                let (l, idx) = r.map_err(group_err)?;
+                let (l, idx, e) = r.map_err(group_err)?;
+                acc.add(&e);
                 for (p, v) in gather(g).into_iter().zip(idx) {
                     indices[p] = v;
                 }
                 lut.extend(l);
             }
-            let group_of = |p: usize| (p / inner % chans) / gs;
-            let metrics = Metrics::between(
-                x.iter().map(|&v| f64::from(v)),
-                indices
-                    .iter()
-                    .enumerate()
-                    .map(|(p, &i)| f64::from(lut[(group_of(p) << nbits) + i as usize])),
-            );
+            let metrics = Metrics::from_sums(acc.signal, acc.sse, acc.max_abs);
             Ok(Computed {
                 nbits,
                 groups,

@@ -33,9 +33,30 @@ pub fn pack(values: &[u8], nbits: u32) -> Vec<u8> {
     debug_assert!((1..=8).contains(&nbits));
     let len = packed_len(values.len(), nbits).expect("packed length overflows usize");
     let mut out = vec![0u8; len];
-    if nbits == 8 {
-        out.copy_from_slice(values);
-        return out;
+    match nbits {
+        8 => {
+            out.copy_from_slice(values);
+            return out;
+        }
+        // Byte-aligned widths: whole bytes at a time.
+        4 => {
+            for (o, c) in out.iter_mut().zip(values.chunks(2)) {
+                *o = (c[0] & 0x0f) | (c.get(1).map_or(0, |v| v & 0x0f) << 4);
+            }
+            return out;
+        }
+        2 | 1 => {
+            let per = (8 / nbits) as usize;
+            let m = (1u8 << nbits) - 1;
+            for (o, c) in out.iter_mut().zip(values.chunks(per)) {
+                *o = c
+                    .iter()
+                    .enumerate()
+                    .fold(0u8, |a, (j, &v)| a | ((v & m) << (j * nbits as usize)));
+            }
+            return out;
+        }
+        _ => {}
     }
     let mask: u16 = (1u16 << nbits) - 1;
     let mut bit = 0usize;

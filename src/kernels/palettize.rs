@@ -41,6 +41,29 @@ pub struct Group<T> {
     pub lut: Vec<T>,
     /// One index per input value.
     pub indices: Vec<u8>,
+    /// Error accounting of the reconstruction `lut[indices]`.
+    pub error: GroupError2,
+}
+
+/// Sums that give SNR, relative L2 and max error of a group (and of a
+/// whole tensor, by adding groups up).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GroupError2 {
+    /// Σ x².
+    pub signal: f64,
+    /// Σ (x − lut[idx])².
+    pub sse: f64,
+    /// max |x − lut[idx]|.
+    pub max_abs: f64,
+}
+
+impl GroupError2 {
+    /// Adds another group's sums.
+    pub fn add(&mut self, o: &GroupError2) {
+        self.signal += o.signal;
+        self.sse += o.sse;
+        self.max_abs = self.max_abs.max(o.max_abs);
+    }
 }
 
 /// Order-preserving key of a finite fp16 bit pattern (`-0` maps to `+0`).
@@ -149,18 +172,29 @@ pub fn palettize_f16(
     // merge-like walk suffices (ties go to the lower entry).
     let lutf: Vec<f64> = lut.iter().map(|x| x.to_f64()).collect();
     let mut j = 0usize;
-    for (&key, &x) in present.iter().zip(&hist.values) {
+    // The error is accounted on the histogram: O(distinct values), not
+    // O(values).
+    let mut error = GroupError2::default();
+    for ((&key, &x), &c) in present.iter().zip(&hist.values).zip(&hist.counts) {
         while j + 1 < lutf.len() && (lutf[j + 1] - x).abs() < (lutf[j] - x).abs() {
             j += 1;
         }
         sc.index_of[key as usize] = j as u8;
+        let d = x - lutf[j];
+        error.signal += c * x * x;
+        error.sse += c * d * d;
+        error.max_abs = error.max_abs.max(d.abs());
     }
     let indices = values
         .iter()
         .map(|v| sc.index_of[key16(v.to_bits()) as usize])
         .collect();
     lut.resize(k, f16::ZERO);
-    Ok(Group { lut, indices })
+    Ok(Group {
+        lut,
+        indices,
+        error,
+    })
 }
 
 /// Palettizes f32 values into `2^nbits` entries (f32 LUT).
@@ -191,12 +225,25 @@ pub fn palettize_f32(values: &[f32], nbits: u32, mode: Mode) -> Result<Group<f32
         }
     };
     let lutf: Vec<f64> = lut.iter().map(|&x| f64::from(x)).collect();
+    let mut error = GroupError2::default();
     let indices = values
         .iter()
-        .map(|&v| nearest(&lutf, f64::from(v)) as u8)
+        .map(|&v| {
+            let x = f64::from(v);
+            let i = nearest(&lutf, x);
+            let d = x - lutf[i];
+            error.signal += x * x;
+            error.sse += d * d;
+            error.max_abs = error.max_abs.max(d.abs());
+            i as u8
+        })
         .collect();
     lut.resize(k, 0.0);
-    Ok(Group { lut, indices })
+    Ok(Group {
+        lut,
+        indices,
+        error,
+    })
 }
 
 /// Index of the entry of sorted `lut` nearest to `x` (lower on ties).
@@ -254,6 +301,8 @@ mod tests {
             let h = Histogram::from_values(&xs);
             let opt = kmeans_1d(&h, 1 << nbits);
             let err: f64 = vals.iter().zip(&g.indices).map(|(v, &i)| (v.to_f64() - g.lut[i as usize].to_f64()).powi(2)).sum();
+            // The histogram-based accounting agrees with the direct sum.
+            prop_assert!((err - g.error.sse).abs() <= 1e-9 * (1.0 + err));
             let tol = vals.len() as f64 * (1.0 / 512.0f64).powi(2) * 0.25 + 1e-12;
             prop_assert!(err <= opt.sse + tol, "err {} opt {}", err, opt.sse);
         }

@@ -90,6 +90,14 @@ pub enum PackageError {
     /// A weight file is bad.
     #[error(transparent)]
     Blob(#[from] BlobError),
+    /// A value in the program references a blob that does not match it.
+    #[error("{path}: {reason}")]
+    BadReference {
+        /// The model file.
+        path: PathBuf,
+        /// What does not match.
+        reason: String,
+    },
 }
 
 /// An opened package. Weight files stay memory-mapped.
@@ -188,6 +196,9 @@ impl Package {
             blobs.insert(name.clone(), BlobFile::open(&full)?);
             blob_rel.insert(name, rel);
         }
+        if let Some(Type::MlProgram(p)) = &model.r#type {
+            check_blob_refs(p, &blobs, &model_path)?;
+        }
         Ok(Self {
             root: root.to_path_buf(),
             manifest,
@@ -211,6 +222,38 @@ impl Package {
     pub fn model_path(&self) -> PathBuf {
         self.root.join(&self.model_rel)
     }
+}
+
+/// Checks every blob reference of the program against its declared type:
+/// a record must start at the offset, with the declared dtype and exactly
+/// the size the declared shape needs. Done once at open, so no later
+/// reader or copier can trip over an inconsistent reference.
+fn check_blob_refs(
+    p: &milp::Program,
+    blobs: &BlobFiles,
+    model_path: &Path,
+) -> Result<(), PackageError> {
+    let mut copy = p.clone();
+    sink::visit_values_mut(&mut copy, &mut |v: &mut milp::Value| {
+        let Some(value::Value::BlobFileValue(bv)) = &v.value else {
+            return Ok(());
+        };
+        let bad = |e: crate::mil::MilError| match e {
+            crate::mil::MilError::Blob(b) => PackageError::Blob(b),
+            e => PackageError::BadReference {
+                path: model_path.to_path_buf(),
+                reason: e.to_string(),
+            },
+        };
+        let ctx = format!(
+            "value referencing offset {} of '{}'",
+            bv.offset, bv.file_name
+        );
+        let (dtype, shape) =
+            crate::mil::value::tensor_type_of(v.r#type.as_ref(), &ctx).map_err(bad)?;
+        crate::mil::value::blob_record(blobs, bv, dtype, &shape, &ctx).map_err(bad)?;
+        Ok(())
+    })
 }
 
 /// Checks (after resolving symlinks) that `p` lies inside `canon_root`.
