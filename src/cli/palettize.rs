@@ -19,7 +19,20 @@ pub fn run(a: PalettizeArgs, quiet: bool) -> Result<u8> {
     let pool = super::thread_pool(c.threads)?;
     let regex = |r: &Option<String>, flag: &str| -> Result<Option<regex::Regex>> {
         r.as_deref()
-            .map(|s| regex::Regex::new(s).map_err(|e| anyhow!("invalid {flag} regex: {e}")))
+            .map(|s| {
+                // The regex crate's message spans several lines (pattern,
+                // caret, cause); keep the cause only.
+                regex::Regex::new(s).map_err(|e| {
+                    let text = e.to_string();
+                    let cause = text
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                        .trim_start_matches("error: ")
+                        .to_string();
+                    anyhow!("invalid {flag} regex '{s}': {cause}")
+                })
+            })
             .transpose()
     };
     let selection = Selection {
@@ -114,8 +127,10 @@ pub fn run(a: PalettizeArgs, quiet: bool) -> Result<u8> {
         output: c.output.display().to_string(),
         options: serde_json::json!({
             "nbits": a.nbits, "group_size": a.group_size,
-            "granularity": opts.config.global_config.as_ref().and_then(|g| g.granularity),
-            "mode": opts.config.global_config.as_ref().and_then(|g| g.mode),
+            "granularity": opts.config.global_config.as_ref().and_then(|g| g.granularity).unwrap_or(
+                if a.group_size.is_some() { Granularity::PerGroupedChannel } else { Granularity::PerTensor }
+            ),
+            "mode": opts.config.global_config.as_ref().and_then(|g| g.mode).unwrap_or(Mode::Kmeans),
             "weight_threshold": c.weight_threshold.unwrap_or(2048),
             "include": c.include, "exclude": c.exclude, "op_types": c.op_types,
             "config": c.config.as_ref().map(|p| p.display().to_string()),
