@@ -340,25 +340,43 @@ fn best_split(
     buf: &mut [f64; CHUNK],
 ) -> (f64, usize) {
     let (wi, si, qi) = (p.w[i], p.s[i], p.q[i]);
+    let n = b + 1 - a;
+    let (ws, ss, qs, ps) = (&p.w[a..=b], &p.s[a..=b], &p.q[a..=b], &prev[a..=b]);
+    if n < 32 {
+        // Most divide-and-conquer nodes scan only a few columns: one
+        // plain pass is cheaper than the vectorised two-pass form.
+        let mut best = f64::INFINITY;
+        let mut best_t = 0;
+        for t in 0..n {
+            let s = si - ss[t];
+            let v = ps[t] + ((qi - qs[t]) - s * s / (wi - ws[t]));
+            if v < best {
+                best = v;
+                best_t = t;
+            }
+        }
+        return (best, a + best_t);
+    }
     let mut best = f64::INFINITY;
     let mut best_l = a;
-    let mut start = a;
-    while start <= b {
-        let len = (b + 1 - start).min(CHUNK);
-        let ws = &p.w[start..start + len];
-        let ss = &p.s[start..start + len];
-        let qs = &p.q[start..start + len];
-        let ps = &prev[start..start + len];
+    let mut start = 0;
+    while start < n {
+        let len = (n - start).min(CHUNK);
         let out = &mut buf[..len];
+        let (w2, s2, q2, p2) = (
+            &ws[start..start + len],
+            &ss[start..start + len],
+            &qs[start..start + len],
+            &ps[start..start + len],
+        );
         for t in 0..len {
-            let w = wi - ws[t];
-            let s = si - ss[t];
-            out[t] = ps[t] + ((qi - qs[t]) - s * s / w);
+            let s = si - s2[t];
+            out[t] = p2[t] + ((qi - q2[t]) - s * s / (wi - w2[t]));
         }
         let m = out.iter().copied().fold(f64::INFINITY, f64::min);
         if m < best {
             best = m;
-            best_l = start + out.iter().position(|&v| v == m).unwrap_or(0);
+            best_l = a + start + out.iter().position(|&v| v == m).unwrap_or(0);
         }
         start += len;
     }
