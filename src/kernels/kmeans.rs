@@ -167,8 +167,9 @@ pub fn kmeans_1d(h: &Histogram, k: usize) -> Clustering {
     arg.push(vec![0; m + 1]);
     for j in 2..=k {
         let mut a = vec![0u32; m + 1];
-        // Rows i in [j, m - (k - j)] are the only ones later layers need.
-        let lo = j;
+        // Rows i in [j, m - (k - j)] are the only ones later layers need;
+        // the last layer needs row m alone.
+        let lo = if j == k { m } else { j };
         let hi = m - (k - j);
         for v in cur.iter_mut() {
             *v = f64::INFINITY;
