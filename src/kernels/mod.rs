@@ -4,3 +4,4 @@
 pub mod bits;
 pub mod kmeans;
 pub mod palettize;
+pub mod prune;
