@@ -11,10 +11,11 @@
 //! Python work is batched (one interpreter per step, several packages each), because importing
 //! coremltools costs about a second and `decompress_weights` a few more per package.
 
+mod common;
+use common::{oracle, python};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 use serde_json::Value;
 
@@ -54,72 +55,6 @@ fn fixture(name: &str) -> PathBuf {
 
 fn script(name: &str) -> PathBuf {
     repo_root().join("tests").join("interop").join(name)
-}
-
-fn env_flag(name: &str) -> bool {
-    std::env::var(name).map(|v| v == "1").unwrap_or(false)
-}
-
-/// The Python interpreter with coremltools, or None (after printing why) when the tests should
-/// skip. Panics when `SDCOMPRESS_REQUIRE_INTEROP=1` and coremltools is not importable.
-fn python() -> Option<PathBuf> {
-    static PY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let found = PY.get_or_init(|| {
-        let candidate = match std::env::var_os("SDCOMPRESS_PYTHON") {
-            Some(p) if !p.is_empty() => PathBuf::from(p),
-            _ => repo_root().join(".venv").join("bin").join("python"),
-        };
-        match Command::new(&candidate)
-            .args([
-                "-c",
-                "import numpy, coremltools, coremltools.optimize.coreml",
-            ])
-            .output()
-        {
-            Ok(o) if o.status.success() => Ok(candidate),
-            Ok(o) => {
-                let err = String::from_utf8_lossy(&o.stderr);
-                let last = err.lines().last().unwrap_or("").to_string();
-                Err(format!(
-                    "{}: import coremltools failed: {last}",
-                    candidate.display()
-                ))
-            }
-            Err(e) => Err(format!("{}: {e}", candidate.display())),
-        }
-    });
-    match found {
-        Ok(p) => Some(p.clone()),
-        Err(why) => {
-            if env_flag("SDCOMPRESS_REQUIRE_INTEROP") {
-                panic!("SDCOMPRESS_REQUIRE_INTEROP=1 but coremltools is not available ({why})");
-            }
-            eprintln!("skipped: coremltools not available (run scripts/test.sh): {why}");
-            None
-        }
-    }
-}
-
-/// `verify.py` of the shared oracle, or None (after printing why) when absent.
-fn oracle() -> Option<PathBuf> {
-    let path = match std::env::var_os("SDCOMPRESS_ORACLE") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => match repo_root().parent() {
-            Some(parent) => parent.join("shared").join("oracle").join("verify.py"),
-            None => PathBuf::from("../shared/oracle/verify.py"),
-        },
-    };
-    if path.is_file() {
-        return Some(path);
-    }
-    if env_flag("SDCOMPRESS_REQUIRE_ORACLE") {
-        panic!(
-            "SDCOMPRESS_REQUIRE_ORACLE=1 but {} does not exist",
-            path.display()
-        );
-    }
-    eprintln!("skipped: ../shared/oracle/verify.py not present");
-    None
 }
 
 fn show(cmd: &Command) -> String {

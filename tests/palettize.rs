@@ -25,7 +25,6 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 /// The report's `snr_db` and coremltools' decoded SNR must agree this closely (dB).
 const SNR_TOL_DB: f64 = 0.01;
@@ -35,72 +34,6 @@ const TINY_CANDIDATES: u64 = 81;
 // ---------------------------------------------------------------------------------------------
 // Python / oracle discovery (same rules as tests/interop.rs)
 // ---------------------------------------------------------------------------------------------
-
-fn env_flag(name: &str) -> bool {
-    std::env::var(name).map(|v| v == "1").unwrap_or(false)
-}
-
-/// The Python interpreter with coremltools, or None (after printing why).
-fn python() -> Option<PathBuf> {
-    static PY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let found = PY.get_or_init(|| {
-        let candidate = match std::env::var_os("SDCOMPRESS_PYTHON") {
-            Some(p) if !p.is_empty() => PathBuf::from(p),
-            _ => repo_root().join(".venv").join("bin").join("python"),
-        };
-        match Command::new(&candidate)
-            .args([
-                "-c",
-                "import numpy, coremltools, coremltools.optimize.coreml",
-            ])
-            .output()
-        {
-            Ok(o) if o.status.success() => Ok(candidate),
-            Ok(o) => {
-                let err = String::from_utf8_lossy(&o.stderr);
-                let last = err.lines().last().unwrap_or("").to_string();
-                Err(format!(
-                    "{}: import coremltools failed: {last}",
-                    candidate.display()
-                ))
-            }
-            Err(e) => Err(format!("{}: {e}", candidate.display())),
-        }
-    });
-    match found {
-        Ok(p) => Some(p.clone()),
-        Err(why) => {
-            if env_flag("SDCOMPRESS_REQUIRE_INTEROP") {
-                panic!("SDCOMPRESS_REQUIRE_INTEROP=1 but coremltools is not available ({why})");
-            }
-            eprintln!("skipped: coremltools not available (run scripts/test.sh): {why}");
-            None
-        }
-    }
-}
-
-/// `verify.py` of the shared oracle, or None (after printing why).
-fn oracle() -> Option<PathBuf> {
-    let path = match std::env::var_os("SDCOMPRESS_ORACLE") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => match repo_root().parent() {
-            Some(parent) => parent.join("shared").join("oracle").join("verify.py"),
-            None => PathBuf::from("../shared/oracle/verify.py"),
-        },
-    };
-    if path.is_file() {
-        return Some(path);
-    }
-    if env_flag("SDCOMPRESS_REQUIRE_ORACLE") {
-        panic!(
-            "SDCOMPRESS_REQUIRE_ORACLE=1 but {} does not exist",
-            path.display()
-        );
-    }
-    println!("skipped: ../shared/oracle/verify.py not present");
-    eprintln!("skipped: ../shared/oracle/verify.py not present");
-    None
-}
 
 fn cmd_line(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();

@@ -13,6 +13,7 @@ use sdcompress::proto::spec::{model, Model};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 
 /// Relative path of the root model file inside a coremltools package.
 pub const MODEL_REL: &str = "Data/com.apple.CoreML/model.mlmodel";
@@ -406,4 +407,73 @@ pub fn set_tensor_dtype(vt: &mut Option<mil::ValueType>, data_type: mil::DataTyp
         Some(mil::value_type::Type::TensorType(tt)) => tt.data_type = data_type as i32,
         _ => panic!("not a tensor type"),
     }
+}
+
+// Python with coremltools, and the shared oracle: found once, skipped with a message when
+// absent, required when SDCOMPRESS_REQUIRE_INTEROP / SDCOMPRESS_REQUIRE_ORACLE is 1.
+
+pub fn env_flag(name: &str) -> bool {
+    std::env::var(name).map(|v| v == "1").unwrap_or(false)
+}
+
+/// The Python interpreter with coremltools, or None (after printing why) when the tests should
+/// skip. Panics when `SDCOMPRESS_REQUIRE_INTEROP=1` and coremltools is not importable.
+pub fn python() -> Option<PathBuf> {
+    static PY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let found = PY.get_or_init(|| {
+        let candidate = match std::env::var_os("SDCOMPRESS_PYTHON") {
+            Some(p) if !p.is_empty() => PathBuf::from(p),
+            _ => repo_root().join(".venv").join("bin").join("python"),
+        };
+        match Command::new(&candidate)
+            .args([
+                "-c",
+                "import numpy, coremltools, coremltools.optimize.coreml",
+            ])
+            .output()
+        {
+            Ok(o) if o.status.success() => Ok(candidate),
+            Ok(o) => {
+                let err = String::from_utf8_lossy(&o.stderr);
+                let last = err.lines().last().unwrap_or("").to_string();
+                Err(format!(
+                    "{}: import coremltools failed: {last}",
+                    candidate.display()
+                ))
+            }
+            Err(e) => Err(format!("{}: {e}", candidate.display())),
+        }
+    });
+    match found {
+        Ok(p) => Some(p.clone()),
+        Err(why) => {
+            if env_flag("SDCOMPRESS_REQUIRE_INTEROP") {
+                panic!("SDCOMPRESS_REQUIRE_INTEROP=1 but coremltools is not available ({why})");
+            }
+            eprintln!("skipped: coremltools not available (run scripts/test.sh): {why}");
+            None
+        }
+    }
+}
+
+/// `verify.py` of the shared oracle, or None (after printing why) when absent.
+pub fn oracle() -> Option<PathBuf> {
+    let path = match std::env::var_os("SDCOMPRESS_ORACLE") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => match repo_root().parent() {
+            Some(parent) => parent.join("shared").join("oracle").join("verify.py"),
+            None => PathBuf::from("../shared/oracle/verify.py"),
+        },
+    };
+    if path.is_file() {
+        return Some(path);
+    }
+    if env_flag("SDCOMPRESS_REQUIRE_ORACLE") {
+        panic!(
+            "SDCOMPRESS_REQUIRE_ORACLE=1 but {} does not exist",
+            path.display()
+        );
+    }
+    eprintln!("skipped: ../shared/oracle/verify.py not present");
+    None
 }
