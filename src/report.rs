@@ -140,3 +140,53 @@ pub struct Report {
     /// Totals.
     pub totals: Totals,
 }
+
+impl Totals {
+    /// Totals over per-weight lines, with the weight-file sizes before and
+    /// after and the wall time.
+    pub fn from_weights(
+        weights: &[WeightReport],
+        before: u64,
+        after: u64,
+        wall_seconds: f64,
+    ) -> Self {
+        let mut t = Totals {
+            weight_bytes_before: before,
+            weight_bytes_after: after,
+            wall_seconds,
+            ..Totals::default()
+        };
+        let (mut sig, mut err, mut cbytes) = (0.0f64, 0.0f64, 0u64);
+        for w in weights {
+            let n: u64 = w.shape.iter().product::<usize>() as u64;
+            t.weights += 1;
+            t.parameters += n;
+            if w.skipped.is_some() {
+                t.skipped += 1;
+                continue;
+            }
+            t.compressed += 1;
+            t.compressed_parameters += n;
+            cbytes += w.bytes_after;
+            if let Some(m) = &w.metrics {
+                err += m.sse;
+                // Σx² of the weight, recovered from its SNR (exact weights
+                // add no error and are left out of the ratio).
+                if let Some(s) = m.snr_db {
+                    sig += m.sse * 10f64.powf(s / 10.0);
+                }
+            }
+        }
+        if t.compressed_parameters > 0 {
+            t.bits_per_compressed_weight =
+                Some(cbytes as f64 * 8.0 / t.compressed_parameters as f64);
+        }
+        if t.parameters > 0 {
+            t.bits_per_weight = Some(after as f64 * 8.0 / t.parameters as f64);
+        }
+        if err > 0.0 {
+            t.global_snr_db = Some(10.0 * (sig / err).log10());
+        }
+        t
+    }
+}

@@ -38,6 +38,59 @@ pub enum Command {
     /// Palettize weights: k-means lookup tables (per tensor, or per group of
     /// output channels with --group-size), written as constexpr_lut_to_dense.
     Palettize(Box<PalettizeArgs>),
+    /// Prune weights by magnitude: exactly round(sparsity x numel) zeros per
+    /// weight, or N of every M along the input axis, written as
+    /// constexpr_sparse_to_dense.
+    Prune(Box<PruneArgs>),
+}
+
+/// Pruning methods.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum MethodArg {
+    /// Smallest |w| first (data-free).
+    Magnitude,
+}
+
+/// `sdcompress prune`.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub common: CommonCompressArgs,
+    /// Fraction of each weight to zero, 0 < F < 1 (exactly round(F x numel)
+    /// weights; ties broken by position).
+    #[arg(
+        long,
+        value_name = "F",
+        required_unless_present = "n_m",
+        conflicts_with = "n_m"
+    )]
+    pub sparsity: Option<f64>,
+    /// N:M structured sparsity: N of every M consecutive weights along the
+    /// input axis (axis 1 of conv/linear weights) are zeroed, as
+    /// coremltools' n_m_ratio (2:4 = 50%).
+    #[arg(long = "n-m", value_name = "N:M", value_parser = parse_n_m)]
+    pub n_m: Option<(usize, usize)>,
+    /// How to choose the weights to zero.
+    #[arg(long, value_enum, default_value = "magnitude")]
+    pub method: MethodArg,
+}
+
+fn parse_n_m(s: &str) -> Result<(usize, usize), String> {
+    let (a, b) = s
+        .split_once(':')
+        .ok_or_else(|| format!("'{s}' is not of the form N:M"))?;
+    let n: usize = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{a}' is not a number"))?;
+    let m: usize = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{b}' is not a number"))?;
+    if n == 0 || n >= m {
+        return Err(format!("{n}:{m} needs 0 < N < M"));
+    }
+    Ok((n, m))
 }
 
 /// Deployment targets accepted by --target.

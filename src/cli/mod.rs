@@ -6,6 +6,7 @@ mod decompress;
 mod info;
 mod palettize;
 mod progress;
+mod prune;
 
 pub use args::{Cli, Command};
 
@@ -23,6 +24,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Info(a) => info::run(a),
         Command::Decompress(a) => decompress::run(a, quiet),
         Command::Palettize(a) => palettize::run(*a, quiet),
+        Command::Prune(a) => prune::run(*a, quiet),
     }
 }
 
@@ -50,4 +52,23 @@ fn write_report(path: Option<&std::path::Path>, report: &impl serde::Serialize) 
         std::fs::write(p, s).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
     }
     Ok(())
+}
+
+/// Compiles a selection regex flag; the regex crate's multi-line message is
+/// reduced to its cause.
+fn regex_flag(r: &Option<String>, flag: &str) -> Result<Option<regex::Regex>> {
+    r.as_deref()
+        .map(|s| {
+            regex::Regex::new(s).map_err(|e| {
+                let text = e.to_string();
+                let cause = text
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+                    .trim_start_matches("error: ")
+                    .to_string();
+                anyhow::anyhow!("invalid {flag} regex '{s}': {cause}")
+            })
+        })
+        .transpose()
 }

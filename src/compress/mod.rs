@@ -6,7 +6,9 @@
 pub mod config;
 pub mod decompress;
 mod driver;
+pub mod emit;
 pub mod palettize;
+pub mod prune;
 pub mod select;
 pub mod target;
 

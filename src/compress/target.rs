@@ -101,3 +101,66 @@ pub fn upgrade(m: &mut Model, to: &Target) {
         f.opset = to.opset.to_string();
     }
 }
+
+/// The target an output must be written for: at least the model's own, at
+/// least `min_spec`, at least iOS16 when anything is compressed (constexpr
+/// ops start there), and iOS18 when `ios18_reason` says a setting needs it
+/// (allowed only with `upgrade`). Refuses upgrades that would change the
+/// meaning of an op.
+pub fn output_target(
+    m: &Model,
+    any: bool,
+    ios18_reason: Option<&str>,
+    upgrade: bool,
+    min_spec: Option<i32>,
+) -> Result<&'static Target, String> {
+    let cur = program_target(m).ok_or("the program has no known opset")?;
+    let mut want = cur.spec.max(min_spec.unwrap_or(0));
+    if any {
+        want = want.max(7);
+    }
+    if let Some(why) = ios18_reason {
+        if want < 9 {
+            if !upgrade {
+                return Err(format!(
+                    "{why} need the iOS18 opset (CoreML8), but the model targets {} ({})\nhint: pass --upgrade-opset (or --target ios18) to move the program to iOS18; the package will then need iOS18/macOS15",
+                    cur.ios, cur.opset
+                ));
+            }
+            want = 9;
+        }
+    }
+    let out = target_for_spec(want).ok_or("unknown target")?;
+    if out.spec > cur.spec {
+        if let Some(why) = upgrade_blockers(m, out) {
+            return Err(format!(
+                "cannot move the program from {} to {}: {why}",
+                cur.ios, out.ios
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Refuses a package that already holds constexpr (compressed) ops.
+pub fn refuse_compressed(p: &mil::Program, what: &str) -> Result<(), String> {
+    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    for f in p.functions.values() {
+        let Some(b) = f.block_specializations.get(&f.opset) else {
+            continue;
+        };
+        walk(b, &mut |op| {
+            if op.r#type.starts_with("constexpr_") {
+                *counts.entry(op.r#type.as_str()).or_default() += 1;
+            }
+        });
+    }
+    if counts.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = counts.iter().map(|(t, n)| format!("{n} {t}")).collect();
+    Err(format!(
+        "the package is already compressed ({}); {what} it again is not supported\nhint: run `sdcompress decompress` first to start from dense weights",
+        list.join(", ")
+    ))
+}
