@@ -9,20 +9,21 @@
 
 use super::config::{Granularity, OptimizationConfig, PalettizeEntry};
 use super::driver::{OpRewriter, Rewritten};
+use super::emit::{inline_arg, tensor_value, Names};
 use super::select::{channel_axis, const_weights, ConstWeight, Selection};
-use super::target::{program_target, upgrade, upgrade_blockers};
+use super::target::{output_target, refuse_compressed, upgrade};
 use crate::error::Error;
 use crate::kernels::bits;
 use crate::kernels::palettize::{
     palettize_f16, palettize_f32, GroupError, GroupError2, Mode, Scratch16,
 };
 use crate::mil::value::{
-    blob_value, decode_value, immediate_value, string_value, tensor_value_type, BlobFiles,
+    decode_value, immediate_value, string_value, tensor_value_type, BlobFiles,
 };
 use crate::mil::{DType, Data, FunctionIndex, Tensor};
-use crate::model::{target_for_spec, Target};
+use crate::model::Target;
 use crate::package::{Package, WeightSink};
-use crate::proto::mil::{Argument, NamedValueType, Operation};
+use crate::proto::mil::{NamedValueType, Operation};
 use crate::proto::spec::Model;
 use crate::report::{Metrics, WeightReport};
 use half::f16;
@@ -133,7 +134,7 @@ pub struct Palettize<'p> {
     pub reports: Vec<WeightReport>,
     /// Op and value names in use, per function (new op names must not
     /// collide with them).
-    names: BTreeMap<String, BTreeSet<String>>,
+    names: Names,
 }
 
 fn stored_bytes(pkg: &Package, index: &FunctionIndex<'_>, w: &ConstWeight) -> u64 {
@@ -156,23 +157,7 @@ impl<'p> Palettize<'p> {
         let prog = pkg.program();
         // Already-compressed weights would need the joint path (sparse +
         // LUT) or a decompress first; refuse rather than silently skip.
-        let mut compressed = BTreeMap::<String, usize>::new();
-        for (fname, func) in &prog.functions {
-            let index = FunctionIndex::new(fname, func)
-                .map_err(|e| format!("{}: {e}", pkg.model_path().display()))?;
-            for (_, op) in &index.ops {
-                if crate::mil::program::is_constexpr(&op.r#type) {
-                    *compressed.entry(op.r#type.clone()).or_default() += 1;
-                }
-            }
-        }
-        if !compressed.is_empty() {
-            let list: Vec<String> = compressed.iter().map(|(t, n)| format!("{n} {t}")).collect();
-            return Err(format!(
-                "the package is already compressed ({}); palettizing it again is not supported\nhint: run `sdcompress decompress` first to start from dense weights",
-                list.join(", ")
-            ));
-        }
+        refuse_compressed(prog, "palettizing")?;
         let mut plans = BTreeMap::new();
         let mut need_ios18 = false;
         let mut any = false;
@@ -256,45 +241,14 @@ impl<'p> Palettize<'p> {
                 );
             }
         }
-        let cur = program_target(&pkg.model).ok_or("the program has no known opset")?;
-        let mut want = cur.spec.max(opts.min_spec.unwrap_or(0));
-        if any {
-            // Constexpr ops exist from iOS16 (spec 7) on.
-            want = want.max(7);
-        }
-        if need_ios18 && want < 9 {
-            if !opts.upgrade_opset {
-                return Err(format!(
-                    "per-grouped-channel and 3-bit palettization need the iOS18 opset (CoreML8), but the model targets {} ({})\nhint: pass --upgrade-opset (or --target ios18) to move the program to iOS18; the package will then need iOS18/macOS15",
-                    cur.ios, cur.opset
-                ));
-            }
-            want = 9;
-        }
-        let out_target = target_for_spec(want).ok_or("unknown target")?;
-        let mut names = BTreeMap::new();
-        for (fname, func) in &prog.functions {
-            let index = FunctionIndex::new(fname, func).map_err(|e| e.to_string())?;
-            let set: BTreeSet<String> = index
-                .ops
-                .iter()
-                .flat_map(|(_, op)| {
-                    crate::mil::program::op_name(op)
-                        .into_iter()
-                        .chain(op.outputs.iter().map(|o| o.name.clone()))
-                })
-                .chain(func.inputs.iter().map(|i| i.name.clone()))
-                .collect();
-            names.insert(fname.clone(), set);
-        }
-        if out_target.spec > cur.spec {
-            if let Some(why) = upgrade_blockers(&pkg.model, out_target) {
-                return Err(format!(
-                    "cannot move the program from {} to {}: {why}",
-                    cur.ios, out_target.ios
-                ));
-            }
-        }
+        let out_target = output_target(
+            &pkg.model,
+            any,
+            need_ios18.then_some("per-grouped-channel and 3-bit palettization"),
+            opts.upgrade_opset,
+            opts.min_spec,
+        )?;
+        let names = Names::collect(prog)?;
         Ok(Self {
             pkg,
             model_path: pkg.model_path(),
@@ -509,35 +463,7 @@ fn uint_dtype(nbits: u32) -> DType {
     }
 }
 
-fn arg_value(v: crate::proto::mil::Value) -> Argument {
-    Argument {
-        arguments: vec![crate::proto::mil::argument::Binding {
-            binding: Some(crate::proto::mil::argument::binding::Binding::Value(v)),
-        }],
-    }
-}
-
 impl Palettize<'_> {
-    fn value_for(
-        &self,
-        t: &Tensor,
-        sink: &mut WeightSink<'_>,
-        file: &str,
-    ) -> Result<crate::proto::mil::Value, Error> {
-        if crate::mil::value::goes_to_blob(t.dtype, t.numel(), self.out_target.spec) {
-            let bytes = t.to_storage_bytes().expect("blob dtypes encode");
-            let pad = if t.dtype.is_sub_byte() {
-                bits::padding_bits(t.numel(), t.dtype.bits())
-            } else {
-                0
-            };
-            let off = sink.append(file, t.dtype.blob_dtype().expect("blob dtype"), &bytes, pad)?;
-            Ok(blob_value(t.dtype, &t.shape, file, off))
-        } else {
-            immediate_value(t).map_err(|e| Error::mil(&self.model_path, e))
-        }
-    }
-
     fn build_op(
         &self,
         w: &ConstWeight,
@@ -567,11 +493,23 @@ impl Palettize<'_> {
             };
             inputs.insert(
                 "indices".to_string(),
-                arg_value(self.value_for(&idx, sink, file)?),
+                inline_arg(tensor_value(
+                    &idx,
+                    sink,
+                    file,
+                    self.out_target.spec,
+                    &self.model_path,
+                )?),
             );
             inputs.insert(
                 "lut".to_string(),
-                arg_value(self.value_for(&lut, sink, file)?),
+                inline_arg(tensor_value(
+                    &lut,
+                    sink,
+                    file,
+                    self.out_target.spec,
+                    &self.model_path,
+                )?),
             );
         } else {
             // iOS16 form: packed indices as a flat uint8 vector, a rank-1 LUT
@@ -592,8 +530,14 @@ impl Palettize<'_> {
                 shape: vec![w.shape.len()],
                 data: Data::U32(w.shape.iter().map(|&d| d as u32).collect()),
             };
-            attributes.insert("indices".to_string(), self.value_for(&idx, sink, file)?);
-            attributes.insert("lut".to_string(), self.value_for(&lut, sink, file)?);
+            attributes.insert(
+                "indices".to_string(),
+                tensor_value(&idx, sink, file, self.out_target.spec, &self.model_path)?,
+            );
+            attributes.insert(
+                "lut".to_string(),
+                tensor_value(&lut, sink, file, self.out_target.spec, &self.model_path)?,
+            );
             attributes.insert(
                 "shape".to_string(),
                 immediate_value(&shape).map_err(|e| Error::mil(&self.model_path, e))?,
@@ -609,21 +553,6 @@ impl Palettize<'_> {
             blocks: vec![],
             attributes,
         })
-    }
-}
-
-impl Palettize<'_> {
-    /// `base`, or `base_1`, `base_2`, ... if taken in function `f`.
-    fn fresh_name(&mut self, f: &str, base: &str) -> String {
-        let set = self.names.entry(f.to_string()).or_default();
-        let mut name = base.to_string();
-        let mut n = 0;
-        while set.contains(&name) {
-            n += 1;
-            name = format!("{base}_{n}");
-        }
-        set.insert(name.clone());
-        name
     }
 }
 
@@ -677,7 +606,9 @@ impl OpRewriter for Palettize<'_> {
             _ => crate::package::DEFAULT_WEIGHT_FILE.to_string(),
         };
         let before = sink.bytes_written(&file);
-        let op_name = self.fresh_name(index.name, &format!("{}_palettized", w.const_name));
+        let op_name = self
+            .names
+            .fresh(index.name, &format!("{}_palettized", w.const_name));
         let new_op = self.build_op(w, &c, &file, sink, &op_name)?;
         report.bytes_after = sink.bytes_written(&file) - before;
         report.detail = Some(serde_json::json!({
