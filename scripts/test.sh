@@ -5,7 +5,8 @@
 # Creates .venv in the repository (if missing) with the pinned packages from
 # scripts/requirements-interop.txt (coremltools 9.0 + numpy + safetensors), so that the interop
 # tests (tests/interop.rs + tests/interop/*.py) run against coremltools instead of skipping.
-# Then: cargo fmt --check, clippy -D warnings, cargo test --all-targets, the fuzz crate's build
+# Then: cargo fmt --check, clippy -D warnings (all targets, so benches and examples must build),
+# cargo test (library, binary, integration tests; benchmarks stay out), the fuzz crate's build
 # (if fuzz/ exists), and - if ../shared/oracle/verify.py exists next to the repository - an
 # end-to-end oracle check of the CLI. Safe to run again; a second run skips the installs.
 #
@@ -70,8 +71,12 @@ cargo fmt --all --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
-step "cargo test --all-targets"
-cargo test --all-targets
+step "cargo test --lib --bins --tests"
+test_log="$(mktemp "${TMPDIR:-/tmp}/sdcompress-test.XXXXXX")"
+cargo test --lib --bins --tests 2>&1 | tee "$test_log"
+# Sum the per-binary results into one closing line (printed at the end).
+read -r passed failed < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { print p + 0, f + 0 }' "$test_log")
+rm -f "$test_log"
 
 if [ -f "$repo/fuzz/Cargo.toml" ]; then
     # cargo-fuzz needs nightly to *run* the targets; building them must work on stable.
@@ -113,3 +118,4 @@ else
 fi
 
 step "all checks passed"
+echo "${passed} passed, ${failed} failed"
