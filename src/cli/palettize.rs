@@ -17,27 +17,9 @@ pub fn run(a: PalettizeArgs, quiet: bool) -> Result<u8> {
     let t0 = Instant::now();
     let c = &a.common;
     let pool = super::thread_pool(c.threads)?;
-    let regex = |r: &Option<String>, flag: &str| -> Result<Option<regex::Regex>> {
-        r.as_deref()
-            .map(|s| {
-                // The regex crate's message spans several lines (pattern,
-                // caret, cause); keep the cause only.
-                regex::Regex::new(s).map_err(|e| {
-                    let text = e.to_string();
-                    let cause = text
-                        .lines()
-                        .last()
-                        .unwrap_or("")
-                        .trim_start_matches("error: ")
-                        .to_string();
-                    anyhow!("invalid {flag} regex '{s}': {cause}")
-                })
-            })
-            .transpose()
-    };
     let selection = Selection {
-        include: regex(&c.include, "--include")?,
-        exclude: regex(&c.exclude, "--exclude")?,
+        include: super::regex_flag(&c.include, "--include")?,
+        exclude: super::regex_flag(&c.exclude, "--exclude")?,
         op_types: c.op_types.clone().map(|v| v.into_iter().collect()),
     };
     let mut config = match &c.config {
@@ -86,40 +68,12 @@ pub fn run(a: PalettizeArgs, quiet: bool) -> Result<u8> {
     let stats = pool.install(|| rewrite_package(&pkg, &c.output, c.force, &mut pass, &progress))?;
     pb.finish_and_clear();
     let before: u64 = pkg.blobs.values().map(|f| f.len()).sum();
-    let mut totals = Totals {
-        weight_bytes_before: before,
-        weight_bytes_after: stats.weight_bytes,
-        wall_seconds: t0.elapsed().as_secs_f64(),
-        ..Totals::default()
-    };
-    let (mut sig, mut err, mut cbytes) = (0.0f64, 0.0f64, 0u64);
-    for w in &pass.reports {
-        let n: u64 = w.shape.iter().product::<usize>() as u64;
-        totals.weights += 1;
-        totals.parameters += n;
-        if w.skipped.is_none() {
-            totals.compressed += 1;
-            totals.compressed_parameters += n;
-            cbytes += w.bytes_after;
-            if let Some(m) = &w.metrics {
-                err += m.sse;
-                let snr = m.snr_db.map_or(f64::INFINITY, |s| 10f64.powf(s / 10.0));
-                sig += m.sse * snr;
-            }
-        } else {
-            totals.skipped += 1;
-        }
-    }
-    if totals.compressed_parameters > 0 {
-        totals.bits_per_compressed_weight =
-            Some(cbytes as f64 * 8.0 / totals.compressed_parameters as f64);
-    }
-    if totals.parameters > 0 {
-        totals.bits_per_weight = Some(stats.weight_bytes as f64 * 8.0 / totals.parameters as f64);
-    }
-    if err > 0.0 && sig.is_finite() {
-        totals.global_snr_db = Some(10.0 * (sig / err).log10());
-    }
+    let totals = Totals::from_weights(
+        &pass.reports,
+        before,
+        stats.weight_bytes,
+        t0.elapsed().as_secs_f64(),
+    );
     let report = Report {
         schema: SCHEMA,
         command: "palettize".into(),

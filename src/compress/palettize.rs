@@ -10,7 +10,7 @@
 use super::config::{Granularity, OptimizationConfig, PalettizeEntry};
 use super::driver::{OpRewriter, Rewritten};
 use super::emit::{inline_arg, tensor_value, Names};
-use super::select::{channel_axis, const_weights, ConstWeight, Selection};
+use super::select::{channel_axis, const_weights, stored_bytes, ConstWeight, Selection};
 use super::target::{output_target, refuse_compressed, upgrade};
 use crate::error::Error;
 use crate::kernels::bits;
@@ -137,18 +137,6 @@ pub struct Palettize<'p> {
     names: Names,
 }
 
-fn stored_bytes(pkg: &Package, index: &FunctionIndex<'_>, w: &ConstWeight) -> u64 {
-    let op = index.ops[w.op_index].1;
-    match op.attributes.get("val").and_then(|v| v.value.as_ref()) {
-        Some(crate::proto::mil::value::Value::BlobFileValue(bv)) => pkg
-            .blobs
-            .get(&bv.file_name)
-            .and_then(|f| f.record(bv.offset).ok())
-            .map_or(0, |r| r.size),
-        _ => (w.numel() as u64 * u64::from(w.dtype.bits())).div_ceil(8),
-    }
-}
-
 impl<'p> Palettize<'p> {
     /// Plans the pass: selects weights, resolves settings, checks the
     /// deployment target. Errors here are user errors (bad settings, target
@@ -165,7 +153,7 @@ impl<'p> Palettize<'p> {
             let index = FunctionIndex::new(fname, func)
                 .map_err(|e| format!("{}: {e}", pkg.model_path().display()))?;
             for w in const_weights(&index) {
-                let bytes_before = stored_bytes(pkg, &index, &w);
+                let bytes_before = stored_bytes(&pkg.blobs, &index, &w);
                 let consumers: Vec<(String, String)> = w
                     .consumers
                     .iter()

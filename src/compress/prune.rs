@@ -10,7 +10,7 @@
 
 use super::driver::{OpRewriter, Rewritten};
 use super::emit::{inline_arg, tensor_value, Names};
-use super::select::{const_weights, ConstWeight, Selection};
+use super::select::{const_weights, stored_bytes, ConstWeight, Selection};
 use super::target::{output_target, refuse_compressed, upgrade};
 use crate::error::Error;
 use crate::kernels::bits;
@@ -79,18 +79,6 @@ pub struct Prune<'p> {
     pub reports: Vec<WeightReport>,
 }
 
-fn stored_bytes(pkg: &Package, index: &FunctionIndex<'_>, w: &ConstWeight) -> u64 {
-    let op = index.ops[w.op_index].1;
-    match op.attributes.get("val").and_then(|v| v.value.as_ref()) {
-        Some(crate::proto::mil::value::Value::BlobFileValue(bv)) => pkg
-            .blobs
-            .get(&bv.file_name)
-            .and_then(|f| f.record(bv.offset).ok())
-            .map_or(0, |r| r.size),
-        _ => (w.numel() as u64 * u64::from(w.dtype.bits())).div_ceil(8),
-    }
-}
-
 impl<'p> Prune<'p> {
     /// Plans the pass; errors are user errors.
     pub fn plan(pkg: &'p Package, opts: &PruneOptions) -> Result<Self, String> {
@@ -111,7 +99,7 @@ impl<'p> Prune<'p> {
             let index = FunctionIndex::new(fname, func)
                 .map_err(|e| format!("{}: {e}", pkg.model_path().display()))?;
             for w in const_weights(&index) {
-                let bytes_before = stored_bytes(pkg, &index, &w);
+                let bytes_before = stored_bytes(&pkg.blobs, &index, &w);
                 let skip = if let Some(b) = &w.blocked {
                     Some(b.clone())
                 } else if let Some(r) = opts.selection.reject(&w) {

@@ -198,3 +198,16 @@ impl Selection {
         None
     }
 }
+
+/// Bytes a const weight occupies in its package: its blob record's size, or
+/// the size of its immediate value.
+pub fn stored_bytes(blobs: &BlobFiles, index: &FunctionIndex<'_>, w: &ConstWeight) -> u64 {
+    let op = index.ops[w.op_index].1;
+    match op.attributes.get("val").and_then(|v| v.value.as_ref()) {
+        Some(crate::proto::mil::value::Value::BlobFileValue(bv)) => blobs
+            .get(&bv.file_name)
+            .and_then(|f| f.record(bv.offset).ok())
+            .map_or(0, |r| r.size),
+        _ => (w.numel() as u64 * u64::from(w.dtype.bits())).div_ceil(8),
+    }
+}
