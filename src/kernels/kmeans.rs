@@ -243,9 +243,9 @@ fn lloyd_bound(p: &Prefix, values: &[f64], mean: f64, k: usize) -> f64 {
             let (a, b) = (starts[c], end(&starts, c));
             (p.s[b] - p.s[a]) / (p.w[b] - p.w[a]) + mean
         };
-        for c in 1..k {
+        for (c, n) in next.iter_mut().enumerate().skip(1) {
             let mid = 0.5 * (centre(c - 1) + centre(c));
-            next[c] = values.partition_point(|&v| v < mid);
+            *n = values.partition_point(|&v| v < mid);
         }
         if next == starts || (1..k).any(|c| next[c] <= next[c - 1] || next[c] >= m) {
             break;
