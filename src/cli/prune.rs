@@ -37,6 +37,10 @@ pub fn run(a: PruneArgs, quiet: bool) -> Result<u8> {
         upgrade_opset: c.upgrade_opset || c.target.is_some(),
         min_spec: super::min_spec(c),
     };
+    // Pre-flight: settings are checked before the model is read; the
+    // message names the config file when there is one.
+    opts.validate()
+        .map_err(|e| anyhow!("{}: {e}", c.config.as_deref().unwrap_or(&c.model).display()))?;
     let pkg = Package::open(&c.model)?;
     let mut pass = Prune::plan(&pkg, &opts).map_err(|e| anyhow!("{}: {e}", c.model.display()))?;
     let joint = a.lut.nbits.is_some() || a.lut.mode.is_some();

@@ -161,6 +161,42 @@ pub struct PruneOptions {
     pub min_spec: Option<i32>,
 }
 
+impl PruneOptions {
+    /// Checks every entry of the config, used or not, so that a bad
+    /// setting is an error before any work: the pattern of each level
+    /// (merged over the global level) and its LUT settings.
+    pub fn validate(&self) -> Result<(), String> {
+        let c = &self.config;
+        let global = c.global_config.clone().unwrap_or_default();
+        let check = |e: &PruneEntry| -> Result<(), String> {
+            Pattern::of(e)?;
+            e.lut()?;
+            Ok(())
+        };
+        // The global level needs a pattern unless op-level entries carry
+        // their own (then weights none of them matches are left alone).
+        let op_level = !(c.op_type_configs.is_empty() && c.op_name_configs.is_empty());
+        if !op_level || global.sparsity.is_some() || global.n_m.is_some() {
+            check(&global)?;
+        }
+        let levels = c
+            .op_type_configs
+            .iter()
+            .map(|(k, e)| (format!("op_type_configs.{k}"), e))
+            .chain(
+                c.op_name_configs
+                    .iter()
+                    .map(|(k, e)| (format!("op_name_configs.{k}"), e)),
+            );
+        for (at, e) in levels {
+            if let Some(e) = e {
+                check(&e.over(&global)).map_err(|m| format!("{at}: {m}"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What prune does with one weight: the pattern (or why it does not apply)
 /// and, for the one-shot joint form, the LUT (or why not).
 #[derive(Debug, Clone)]
@@ -182,40 +218,12 @@ pub struct Prune {
 }
 
 impl Prune {
-    /// Plans the pass over `pkg`. Every entry of the config is validated
-    /// first, used or not, so that a bad setting is an error before any
-    /// work.
+    /// Plans the pass over `pkg` (after [`PruneOptions::validate`]).
     pub fn plan<'p>(
         pkg: &'p Package,
         opts: &PruneOptions,
     ) -> Result<WeightRewriter<'p, Prune>, String> {
-        let c = &opts.config;
-        let global = c.global_config.clone().unwrap_or_default();
-        let levels = c
-            .op_type_configs
-            .iter()
-            .map(|(k, e)| (format!("op_type_configs.{k}"), e))
-            .chain(
-                c.op_name_configs
-                    .iter()
-                    .map(|(k, e)| (format!("op_name_configs.{k}"), e)),
-            );
-        let check = |e: &PruneEntry| -> Result<(), String> {
-            Pattern::of(e)?;
-            e.lut()?;
-            Ok(())
-        };
-        // The global level needs a pattern unless op-level entries carry
-        // their own (then weights none of them matches are left alone).
-        let op_level = !(c.op_type_configs.is_empty() && c.op_name_configs.is_empty());
-        if !op_level || global.sparsity.is_some() || global.n_m.is_some() {
-            check(&global)?;
-        }
-        for (at, e) in levels {
-            if let Some(e) = e {
-                check(&e.over(&global)).map_err(|m| format!("{at}: {m}"))?;
-            }
-        }
+        opts.validate()?;
         let pass = Prune {
             config: opts.config.clone(),
             selection: opts.selection.clone(),
