@@ -63,7 +63,7 @@ pub struct PalettizeOptions {
 }
 
 /// Fully resolved settings, or the reason a setting is invalid.
-fn settings(e: &PalettizeEntry) -> Result<Settings, String> {
+pub fn settings(e: &PalettizeEntry) -> Result<Settings, String> {
     let mode = e.mode.unwrap_or(Mode::Kmeans);
     let nbits = e.nbits;
     match (mode, nbits) {

@@ -537,3 +537,82 @@ impl<P: WeightPass> OpRewriter for WeightRewriter<'_, P> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mil::DType;
+
+    fn weight(n: usize) -> Weight {
+        Weight {
+            op_index: 0,
+            source: Source::Const,
+            const_name: "w".into(),
+            value_name: "w".into(),
+            dtype: DType::Fp16,
+            shape: vec![n / 8, 8],
+            consumers: vec![],
+            blocked: None,
+        }
+    }
+
+    fn joint(n: usize, pruned: usize, nbits: u32, groups: usize) -> Compressed {
+        Compressed {
+            keep: Some((0..n).map(|i| i >= pruned).collect()),
+            values: None,
+            lut: Some(Lut {
+                nbits,
+                groups,
+                axis: 0,
+                group_size: 1,
+                indices: vec![0; n - pruned],
+                lut: Data::F16(vec![f16::ZERO; groups << nbits]),
+            }),
+            metrics: Metrics::default(),
+            detail: Default::default(),
+        }
+    }
+
+    /// The size formula, and the 1/nbits break-even of joint storage
+    /// (equal size at exactly 1/nbits sparsity counts as not paying).
+    #[test]
+    fn size_formula_and_break_even() {
+        let w = weight(4096);
+        // 40 %, 4-bit, 2 LUTs: 4096 mask bits + 2458 · 4 index bits + 2 · 16 · 16 LUT bits.
+        let d = storage_detail(&w, &joint(4096, 1638, 4, 2));
+        assert_eq!(d["mask_bits"], 4096);
+        assert_eq!(d["value_bits"], 2458 * 4);
+        assert_eq!(d["lut_bits"], 2 * 16 * 16);
+        assert_eq!(d["predicted_bytes"], 512 + 1229 + 64);
+        assert_eq!(d["sparse_pays"], true);
+        // Exactly 1/4: 4096 · (1 + 0.75 · 4) / 8 = 4096 · 4 / 8, no gain.
+        assert_eq!(
+            storage_detail(&w, &joint(4096, 1024, 4, 1))["sparse_pays"],
+            false
+        );
+        assert_eq!(
+            storage_detail(&w, &joint(4096, 1025, 4, 1))["sparse_pays"],
+            true
+        );
+        // 1 bit never pays; 8 bits from above 12.5 %.
+        assert_eq!(
+            storage_detail(&w, &joint(4096, 4000, 1, 1))["sparse_pays"],
+            false
+        );
+        assert_eq!(
+            storage_detail(&w, &joint(4096, 512, 8, 1))["sparse_pays"],
+            false
+        );
+        assert_eq!(
+            storage_detail(&w, &joint(4096, 513, 8, 1))["sparse_pays"],
+            true
+        );
+        // Sparse fp16 without a LUT: above 1/16.
+        let mut c = joint(4096, 256, 4, 1);
+        c.lut = None;
+        c.values = Some(Data::F16(vec![f16::ZERO; 4096 - 256]));
+        let d = storage_detail(&w, &c);
+        assert_eq!(d["value_bits"], (4096 - 256) * 16);
+        assert_eq!(d["sparse_pays"], false);
+    }
+}

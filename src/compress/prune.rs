@@ -16,12 +16,12 @@
 
 use super::config::{Entry, OptimizationConfig, PruneEntry};
 use super::palettize::{
-    lut_decision, lut_detail, lut_ios18_reason, palettize_weight, sparsity_detail, split_axis,
-    LutPlan, JOINT_NEEDS_IOS18,
+    lut_decision, lut_detail, lut_ios18_reason, palettize_weight, settings, sparsity_detail,
+    split_axis, LutPlan, JOINT_NEEDS_IOS18,
 };
 use super::pass::{Compressed, Decision, TargetOptions, WeightData, WeightPass, WeightRewriter};
 use super::select::{Selection, Weight};
-use crate::kernels::prune::{block_mask, magnitude_mask, nm_mask};
+use crate::kernels::prune::{block_mask, magnitude_mask, magnitude_mask_f16, nm_mask};
 use crate::mil::value::BlobFiles;
 use crate::mil::{Data, FunctionIndex};
 use crate::package::Package;
@@ -170,7 +170,9 @@ impl PruneOptions {
         let global = c.global_config.clone().unwrap_or_default();
         let check = |e: &PruneEntry| -> Result<(), String> {
             Pattern::of(e)?;
-            e.lut()?;
+            if let Some(l) = e.lut()? {
+                settings(&l)?;
+            }
             Ok(())
         };
         // The global level needs a pattern unless op-level entries carry
@@ -320,40 +322,55 @@ impl WeightPass for Prune {
                 detail,
             });
         };
-        let x = t.to_f32().ok_or("weight is not a float tensor")?;
-        if x.iter().any(|v| !v.is_finite()) {
+        if !finite(&t.data)? {
             return Err("contains NaN or infinity".into());
         }
-        let keep = match pattern {
-            Pattern::Unstructured(s) => {
-                let mags: Vec<f32> = x.iter().map(|v| v.abs()).collect();
-                magnitude_mask(&mags, s)
+        // |w| as f32 for the structured patterns (block norms only need
+        // squares); fp16 unstructured pruning needs no copy at all.
+        let mags = || -> Vec<f32> {
+            match &t.data {
+                Data::F16(v) => v.iter().map(|x| x.to_f32().abs()).collect(),
+                Data::F32(v) => v.iter().map(|x| x.abs()).collect(),
+                _ => unreachable!("checked by finite()"),
             }
-            Pattern::Blocks {
-                sparsity,
-                block,
-                dim,
-            } => {
+        };
+        let keep = match (pattern, &t.data) {
+            (Pattern::Unstructured(s), Data::F16(v)) => magnitude_mask_f16(v, s),
+            (Pattern::Unstructured(s), _) => magnitude_mask(&mags(), s),
+            (
+                Pattern::Blocks {
+                    sparsity,
+                    block,
+                    dim,
+                },
+                _,
+            ) => {
                 let (outer, len, inner) = split_axis(&t.shape, dim);
-                block_mask(&x, outer, len, inner, block, sparsity)
+                block_mask(&mags(), outer, len, inner, block, sparsity)
             }
-            Pattern::NOutOfM { n, m, dim } => {
-                let mags: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+            (Pattern::NOutOfM { n, m, dim }, _) => {
                 let (outer, len, inner) = split_axis(&t.shape, dim);
-                nm_mask(&mags, outer, len, inner, n, m)
+                nm_mask(&mags(), outer, len, inner, n, m)
             }
         };
         if !keep.iter().any(|&k| k) {
             return Err("pruning would zero the whole weight".into());
         }
         let (mut sig, mut sse, mut mx) = (0.0f64, 0.0f64, 0.0f64);
-        for (&v, &k) in x.iter().zip(&keep) {
-            let v = f64::from(v);
+        let mut add = |v: f64, k: bool| {
             sig += v * v;
             if !k {
                 sse += v * v;
                 mx = mx.max(v.abs());
             }
+        };
+        match &t.data {
+            Data::F16(x) => x.iter().zip(&keep).for_each(|(v, &k)| add(v.to_f64(), k)),
+            Data::F32(x) => x
+                .iter()
+                .zip(&keep)
+                .for_each(|(v, &k)| add(f64::from(*v), k)),
+            _ => unreachable!("checked by finite()"),
         }
         detail.insert("pattern".into(), pattern.json());
         detail.extend(sparsity_detail(&keep));
@@ -392,5 +409,14 @@ impl WeightPass for Prune {
             metrics: Metrics::from_sums(sig, sse, mx),
             detail,
         })
+    }
+}
+
+/// Whether every value is finite; `Err` for a non-float tensor.
+fn finite(d: &Data) -> Result<bool, String> {
+    match d {
+        Data::F16(v) => Ok(v.iter().all(|x| x.is_finite())),
+        Data::F32(v) => Ok(v.iter().all(|x| x.is_finite())),
+        _ => Err("weight is not an fp16/fp32 tensor".into()),
     }
 }
