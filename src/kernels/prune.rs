@@ -266,7 +266,7 @@ mod tests {
         fn f16_histogram_path_equals_sorting(raw in prop::collection::vec(any::<u16>(), 1..600), s in 0.0f64..1.0) {
             // Any finite fp16 bit pattern, both zeros, many ties.
             let vals: Vec<f16> = raw.iter().map(|&b| {
-                let v = f16::from_bits(b % 24 | (b & 0x8000) | if b & 0x4000 != 0 { 0x3c00 } else { 0 });
+                let v = f16::from_bits((b % 24) | (b & 0x8000) | if b & 0x4000 != 0 { 0x3c00 } else { 0 });
                 if v.is_finite() { v } else { f16::ZERO }
             }).collect();
             let mags: Vec<f32> = vals.iter().map(|v| v.to_f32().abs()).collect();
