@@ -116,6 +116,12 @@ pub struct Totals {
     pub bits_per_weight: Option<f64>,
     /// Σ squared error / Σ squared weight over compressed weights, in dB.
     pub global_snr_db: Option<f64>,
+    /// The size formula's prediction of the weights' bytes: per compressed
+    /// weight `mask_bits/8 + value_bits/8 + lut_bits/8` (i.e.
+    /// numel·(1 + density·nbits)/8 + LUTs for joint), plus the stored bytes
+    /// of the weights left alone. `weight_bytes_after` is the actual size;
+    /// it adds 64-byte blob records and alignment, and non-weight consts.
+    pub predicted_bytes: u64,
     /// Wall-clock seconds (the only non-deterministic field).
     pub wall_seconds: f64,
 }
@@ -139,6 +145,62 @@ pub struct Report {
     pub weights: Vec<WeightReport>,
     /// Totals.
     pub totals: Totals,
+    /// Settings that work but do not pay (also printed on stderr).
+    pub warnings: Vec<String>,
+    /// Facts about how the output was made that a reader should know.
+    pub notes: Vec<String>,
+}
+
+impl Report {
+    /// Warnings about the run, from the per-weight lines: sparse forms
+    /// whose mask costs more than it saves. A mask costs 1 bit per element
+    /// and saves `bits` per pruned one (`bits` = LUT index bits, or the
+    /// dtype's width without a LUT), so sparse storage is smaller than the
+    /// same values stored densely iff sparsity > 1/bits; for joint storage
+    /// that is numel·(1 + density·nbits)/8 < numel·nbits/8.
+    pub fn warnings_for(weights: &[WeightReport]) -> Vec<String> {
+        let mut by_bits: std::collections::BTreeMap<(bool, u64), usize> = Default::default();
+        for w in weights {
+            let Some(d) = &w.detail else { continue };
+            if d.get("sparse_pays") == Some(&serde_json::Value::Bool(false)) {
+                let lut = d.get("nbits").and_then(|v| v.as_u64());
+                let bits = lut.unwrap_or_else(|| if w.dtype == "fp32" { 32 } else { 16 });
+                *by_bits.entry((lut.is_some(), bits)).or_default() += 1;
+            }
+        }
+        by_bits
+            .into_iter()
+            .map(|((lut, bits), n)| {
+                let what = if lut {
+                    format!("sparse + {bits}-bit LUT is not smaller than the {bits}-bit LUT alone")
+                } else {
+                    format!("sparse storage is not smaller than the dense {bits}-bit weight")
+                };
+                format!(
+                    "{n} weight(s): {what} at sparsity <= 1/{bits} = {:.4}; prune more or leave them dense",
+                    1.0 / bits as f64
+                )
+            })
+            .collect()
+    }
+
+    /// Notes about the run, from the per-weight lines.
+    pub fn notes_for(weights: &[WeightReport]) -> Vec<String> {
+        let joint = weights.iter().any(|w| {
+            w.detail
+                .as_ref()
+                .and_then(|d| d.get("lut_values"))
+                .is_some()
+        });
+        let mut v = Vec::new();
+        if joint {
+            v.push(
+                "joint sparse + LUT weights: only the kept (non-zero) values are clustered; coremltools clusters the dense weight, zeros included, and spends one LUT entry on 0.0"
+                    .to_string(),
+            );
+        }
+        v
+    }
 }
 
 impl Totals {
@@ -163,11 +225,18 @@ impl Totals {
             t.parameters += n;
             if w.skipped.is_some() {
                 t.skipped += 1;
+                t.predicted_bytes += w.bytes_after;
                 continue;
             }
             t.compressed += 1;
             t.compressed_parameters += n;
             cbytes += w.bytes_after;
+            t.predicted_bytes += w
+                .detail
+                .as_ref()
+                .and_then(|d| d.get("predicted_bytes"))
+                .and_then(|v| v.as_u64())
+                .unwrap_or(w.bytes_after);
             if let Some(m) = &w.metrics {
                 err += m.sse;
                 // Σx² of the weight, recovered from its SNR (exact weights

@@ -1107,3 +1107,175 @@ fn fuzz_program_replay() {
         fuzz_checks::program(&m[..m.len() * k / 64]);
     }
 }
+
+// ---------------------------------------------------------------------------
+// Pre-flight checks of prune / palettize: settings that cannot work are one
+// `error:` line (optionally followed by one `hint:` line) naming the file,
+// exit 2, and nothing written, before any weight is touched.
+// ---------------------------------------------------------------------------
+
+/// Runs `sdcompress <args> -o <out>` on `input` and checks the pre-flight
+/// error contract; returns the error line.
+fn preflight_fails(cmd: &str, input: &Path, args: &[&str], file: &str, keyword: &str) -> String {
+    let dir = tempdir();
+    let out_path = dir.path().join("out.mlpackage");
+    let mut c = sdcompress();
+    c.arg(cmd).arg(input).arg("-o").arg(&out_path).args(args);
+    let out = c.output().expect("run sdcompress");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let what = format!("{cmd} {} {}", input.display(), args.join(" "));
+    assert!(
+        !err.contains("panicked"),
+        "{what} panicked:\n{}",
+        show(&out)
+    );
+    assert_eq!(out.status.code(), Some(2), "{what}:\n{}", show(&out));
+    assert!(out.stdout.is_empty(), "{what} printed on stdout");
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(
+        lines.len() == 1 || (lines.len() == 2 && lines[1].starts_with("hint: ")),
+        "{what}: expected one error line and at most one hint line:\n{err}"
+    );
+    let line = lines[0];
+    assert!(line.starts_with("error: "), "{what}: {line}");
+    assert!(line.contains(file), "{what}: must name '{file}': {line}");
+    assert!(
+        line.contains(keyword),
+        "{what}: must say '{keyword}': {line}"
+    );
+    assert_nothing_written(&out_path);
+    line.to_string()
+}
+
+#[test]
+fn prune_sparsity_outside_zero_one() {
+    let f = fixture(BASE);
+    for s in ["0", "1", "1.5", "NaN", "-0.25"] {
+        let flag = format!("--sparsity={s}");
+        preflight_fails(
+            "prune",
+            &f,
+            &[&flag],
+            "tiny-sd-unet.mlpackage",
+            "outside (0, 1)",
+        );
+    }
+}
+
+#[test]
+fn prune_structure_flags_are_checked() {
+    let f = fixture(BASE);
+    let m = "tiny-sd-unet.mlpackage";
+    preflight_fails(
+        "prune",
+        &f,
+        &["--sparsity", "0.5", "--block-size", "1"],
+        m,
+        "block size 1 must be at least 2",
+    );
+    preflight_fails(
+        "prune",
+        &f,
+        &["--sparsity", "0.5", "--block-size", "4", "--dim", "2"],
+        m,
+        "must be 0 or 1",
+    );
+    preflight_fails(
+        "prune",
+        &f,
+        &["--sparsity", "0.5", "--dim", "1"],
+        m,
+        "applies only to block and n:m",
+    );
+    preflight_fails("prune", &f, &[], m, "--sparsity");
+    preflight_fails(
+        "prune",
+        &f,
+        &["--sparsity", "0.5", "--group-size", "16"],
+        m,
+        "need nbits",
+    );
+}
+
+/// Joint ops and grouped LUTs exist only from the iOS18 opset on: on an
+/// iOS17 model they are refused with a hint, for the one-shot form and for
+/// palettizing an already pruned package (coremltools' iOS16-form ops).
+#[test]
+fn joint_needs_ios18_with_hint() {
+    for (cmd, input, args) in [
+        ("prune", BASE, &["--sparsity", "0.4", "--nbits", "4"][..]),
+        ("palettize", "tiny-sd-unet.prune0.4", &["--nbits", "4"][..]),
+        (
+            "palettize",
+            "tiny-sd-unet.prune-2of4",
+            &["--nbits", "4"][..],
+        ),
+    ] {
+        let line = preflight_fails(
+            cmd,
+            &fixture(input),
+            args,
+            &format!("{input}.mlpackage"),
+            "joint sparse + palettized weights need the iOS18 opset",
+        );
+        println!("{line}");
+    }
+    preflight_fails(
+        "prune",
+        &fixture(BASE),
+        &["--n-m", "2:4", "--nbits", "4", "--group-size", "16"],
+        "tiny-sd-unet.mlpackage",
+        "need the iOS18 opset",
+    );
+}
+
+/// A prune config file whose entry cannot work is an error naming the config
+/// file and the entry, before the model is read.
+#[test]
+fn prune_config_errors_name_the_config_file() {
+    let dir = tempdir();
+    let cfg = dir.path().join("bad-prune.json");
+    for (body, keyword) in [
+        (
+            r#"{"global_config": {"sparsity": 0.4}, "op_type_configs": {"linear": {"sparsity": 2.0}}}"#,
+            "op_type_configs.linear: sparsity 2 is outside (0, 1)",
+        ),
+        (
+            r#"{"global_config": {"sparsity": 0.4}, "op_name_configs": {"x": {"n_m_ratio": [4, 4]}}}"#,
+            "op_name_configs.x: n:m 4:4 needs 0 < N < M",
+        ),
+        (
+            r#"{"global_config": {"sparsity": 0.4, "nbit": 4}}"#,
+            "unknown field",
+        ),
+    ] {
+        std::fs::write(&cfg, body).unwrap();
+        preflight_fails(
+            "prune",
+            &fixture(BASE),
+            &["--config", cfg.to_str().unwrap()],
+            "bad-prune.json",
+            keyword,
+        );
+    }
+}
+
+/// Palettizing accepts pruned input (joint) but nothing else that is
+/// compressed: a LUT package is still refused.
+#[test]
+fn palettize_refuses_compressed_input_other_than_sparse() {
+    preflight_fails(
+        "palettize",
+        &fixture(LUT18),
+        &["--nbits", "4"],
+        "tiny-sd-unet-ios18.p4-tensor.mlpackage",
+        "already compressed",
+    );
+    preflight_fails(
+        "palettize",
+        &fixture("tiny-sd-unet-ios18.prune0.4-p4-gs16"),
+        &["--nbits", "4"],
+        "prune0.4-p4-gs16.mlpackage",
+        "already compressed",
+    );
+}

@@ -36,11 +36,12 @@ pub enum Command {
     /// plain fp16/fp32 const; a lossless copy for uncompressed packages.
     Decompress(DecompressArgs),
     /// Palettize weights: k-means lookup tables (per tensor, or per group of
-    /// output channels with --group-size), written as constexpr_lut_to_dense.
+    /// output channels with --group-size), written as constexpr_lut_to_dense;
+    /// already pruned weights get the joint sparse + LUT form (iOS18).
     Palettize(Box<PalettizeArgs>),
     /// Prune weights by magnitude: exactly round(sparsity x numel) zeros per
-    /// weight, or N of every M along the input axis, written as
-    /// constexpr_sparse_to_dense.
+    /// weight, whole blocks, or N of every M along the input axis, written
+    /// as constexpr_sparse_to_dense; with --nbits also palettized (joint).
     Prune(Box<PruneArgs>),
 }
 
@@ -53,27 +54,46 @@ pub enum MethodArg {
 
 /// `sdcompress prune`.
 #[derive(Debug, Args)]
+#[command(after_help = PRUNE_AFTER_HELP)]
 pub struct PruneArgs {
     #[command(flatten)]
     pub common: CommonCompressArgs,
     /// Fraction of each weight to zero, 0 < F < 1 (exactly round(F x numel)
-    /// weights; ties broken by position).
-    #[arg(
-        long,
-        value_name = "F",
-        required_unless_present = "n_m",
-        conflicts_with = "n_m"
-    )]
+    /// weights, smallest |w| first, ties by position; with --block-size,
+    /// exactly round(F x blocks) whole blocks).
+    #[arg(long, value_name = "F", conflicts_with = "n_m")]
     pub sparsity: Option<f64>,
     /// N:M structured sparsity: N of every M consecutive weights along the
-    /// input axis (axis 1 of conv/linear weights) are zeroed, as
-    /// coremltools' n_m_ratio (2:4 = 50%).
+    /// input axis (axis 1 of conv/linear weights; see --dim) are zeroed, as
+    /// coremltools' n_m_ratio (2:4 = 50%). Weights whose axis is not a
+    /// multiple of M are skipped with the reason.
     #[arg(long = "n-m", value_name = "N:M", value_parser = parse_n_m)]
     pub n_m: Option<(usize, usize)>,
+    /// Block-structured pruning: zero whole blocks of N consecutive weights
+    /// along --dim (default 0, the output axis, as coremltools), the blocks
+    /// of smallest L2 norm first (conv/linear weights; N >= 2).
+    #[arg(long, value_name = "N", conflicts_with = "n_m")]
+    pub block_size: Option<usize>,
+    /// Axis of --block-size blocks (default 0) or --n-m runs (default 1),
+    /// as coremltools' dim.
+    #[arg(long, value_name = "0|1")]
+    pub dim: Option<usize>,
     /// How to choose the weights to zero.
     #[arg(long, value_enum, default_value = "magnitude")]
     pub method: MethodArg,
+    #[command(flatten)]
+    pub lut: LutArgs,
 }
+
+const PRUNE_AFTER_HELP: &str = "\
+Joint sparse + palettized (one shot): with --nbits (and optionally --group-size,
+--granularity, --mode, --channel-axis) the kept values are also palettized and
+each weight is written as constexpr_lut_to_sparse -> constexpr_sparse_to_dense
+(iOS18: pass --upgrade-opset on older models). The output is byte-identical to
+`prune` followed by `palettize` with the same options. Sparse + LUT is smaller
+than the LUT alone only above 1/nbits sparsity; the report warns otherwise.
+
+Exit codes: 0 success, 2 any error (nothing is written).";
 
 fn parse_n_m(s: &str) -> Result<(usize, usize), String> {
     let (a, b) = s
@@ -180,6 +200,13 @@ pub struct CommonCompressArgs {
 pub struct PalettizeArgs {
     #[command(flatten)]
     pub common: CommonCompressArgs,
+    #[command(flatten)]
+    pub lut: LutArgs,
+}
+
+/// LUT settings (palettize, and the joint form of prune).
+#[derive(Debug, Args)]
+pub struct LutArgs {
     /// Index bits per weight: 1, 2, 3, 4, 6 or 8 (3 needs iOS18). Optional
     /// with --mode unique (then the smallest that fits).
     #[arg(long, value_parser = parse_nbits)]

@@ -1,97 +1,64 @@
 //! `sdcompress prune`.
 
-use super::args::{PruneArgs, TargetArg};
-use super::progress::bar;
+use super::args::PruneArgs;
 use anyhow::{anyhow, Result};
-use sdcompress::compress::prune::{Pattern, Prune, PruneOptions};
-use sdcompress::compress::rewrite_package;
-use sdcompress::compress::select::Selection;
+use sdcompress::compress::config::{Entry, OptimizationConfig, PruneEntry};
+use sdcompress::compress::prune::{Prune, PruneOptions};
 use sdcompress::package::Package;
-use sdcompress::report::{Report, Totals, SCHEMA};
 use std::time::Instant;
 
 pub fn run(a: PruneArgs, quiet: bool) -> Result<u8> {
     let t0 = Instant::now();
     let c = &a.common;
-    if c.config.is_some() {
-        return Err(anyhow!(
-            "--config is not supported by prune yet; use --include/--exclude/--op-types"
-        ));
-    }
     let pool = super::thread_pool(c.threads)?;
-    let selection = Selection {
-        include: super::regex_flag(&c.include, "--include")?,
-        exclude: super::regex_flag(&c.exclude, "--exclude")?,
-        op_types: c.op_types.clone().map(|v| v.into_iter().collect()),
+    let selection = super::selection(c)?;
+    let mut config: OptimizationConfig<PruneEntry> = match &c.config {
+        Some(p) => OptimizationConfig::load(p).map_err(|e| anyhow!(e))?,
+        None => OptimizationConfig::default(),
     };
-    let pattern = match (a.sparsity, a.n_m) {
-        (Some(s), None) => Pattern::Unstructured(s),
-        (None, Some((n, m))) => Pattern::NOutOfM(n, m),
-        _ => return Err(anyhow!("give exactly one of --sparsity and --n-m")),
+    let lut = super::lut_entry(&a.lut, c.weight_threshold)?;
+    let flags = PruneEntry {
+        sparsity: a.sparsity,
+        n_m: a.n_m,
+        block_size: a.block_size,
+        dim: a.dim,
+        weight_threshold: c.weight_threshold,
+        nbits: lut.nbits,
+        mode: lut.mode,
+        granularity: lut.granularity,
+        group_size: lut.group_size,
+        channel_axis: lut.channel_axis,
     };
+    // Flags override the config's global level.
+    config.global_config = Some(flags.over(&config.global_config.clone().unwrap_or_default()));
     let opts = PruneOptions {
-        pattern,
-        weight_threshold: c.weight_threshold.unwrap_or(2048),
+        config,
         selection,
         upgrade_opset: c.upgrade_opset || c.target.is_some(),
-        min_spec: c.target.map(|t| match t {
-            TargetArg::Ios16 => 7,
-            TargetArg::Ios17 => 8,
-            TargetArg::Ios18 => 9,
-        }),
+        min_spec: super::min_spec(c),
     };
+    // Pre-flight: settings are checked before the model is read; the
+    // message names the config file when there is one.
+    opts.validate()
+        .map_err(|e| anyhow!("{}: {e}", c.config.as_deref().unwrap_or(&c.model).display()))?;
     let pkg = Package::open(&c.model)?;
-    let spec_before = pkg.model.specification_version;
     let mut pass = Prune::plan(&pkg, &opts).map_err(|e| anyhow!("{}: {e}", c.model.display()))?;
-    let pb = bar(0, "prune", quiet);
-    let progress = |done: u64, total: u64| {
-        pb.set_length(total);
-        pb.set_position(done);
+    let joint = a.lut.nbits.is_some() || a.lut.mode.is_some();
+    let options = serde_json::json!({
+        "method": "magnitude",
+        "sparsity": a.sparsity, "n_m": a.n_m, "block_size": a.block_size, "dim": a.dim,
+        "nbits": a.lut.nbits, "group_size": a.lut.group_size,
+        "granularity": lut.granularity, "mode": lut.mode, "channel_axis": a.lut.channel_axis,
+        "weight_threshold": c.weight_threshold.unwrap_or(2048),
+        "include": c.include, "exclude": c.exclude, "op_types": c.op_types,
+        "config": c.config.as_ref().map(|p| p.display().to_string()),
+        "target": pass.out_target.ios,
+        "threads": c.threads, "seed": c.seed,
+    });
+    let verb = if joint {
+        "pruned + palettized"
+    } else {
+        "pruned"
     };
-    let stats = pool.install(|| rewrite_package(&pkg, &c.output, c.force, &mut pass, &progress))?;
-    pb.finish_and_clear();
-    let before: u64 = pkg.blobs.values().map(|f| f.len()).sum();
-    let totals = Totals::from_weights(
-        &pass.reports,
-        before,
-        stats.weight_bytes,
-        t0.elapsed().as_secs_f64(),
-    );
-    let report = Report {
-        schema: SCHEMA,
-        command: "prune".into(),
-        input: c.model.display().to_string(),
-        output: c.output.display().to_string(),
-        options: serde_json::json!({
-            "method": "magnitude",
-            "sparsity": a.sparsity, "n_m": a.n_m,
-            "weight_threshold": opts.weight_threshold,
-            "include": c.include, "exclude": c.exclude, "op_types": c.op_types,
-            "target": pass.out_target.ios,
-            "threads": c.threads, "seed": c.seed,
-        }),
-        specification_version: [spec_before, pass.out_target.spec.max(spec_before)],
-        weights: pass.reports.clone(),
-        totals,
-    };
-    super::write_report(c.report.as_deref(), &report)?;
-    if !quiet {
-        let t = &report.totals;
-        eprintln!(
-            "pruned {} of {} weights ({} skipped) -> {}",
-            t.compressed,
-            t.weights,
-            t.skipped,
-            c.output.display()
-        );
-        eprintln!(
-            "  weights {:.2} MiB -> {:.2} MiB ({:.2} bits/weight overall), SNR {} dB, {:.2}s",
-            t.weight_bytes_before as f64 / 1048576.0,
-            t.weight_bytes_after as f64 / 1048576.0,
-            t.bits_per_weight.unwrap_or(0.0),
-            t.global_snr_db.map_or("-".into(), |s| format!("{s:.2}")),
-            t.wall_seconds
-        );
-    }
-    Ok(super::EXIT_OK)
+    super::run_pass(&pool, "prune", verb, c, &pkg, &mut pass, options, t0, quiet)
 }

@@ -12,8 +12,12 @@
 //!
 //! Entries are partial: a field left out of an op-type or op-name entry
 //! falls back to the global config, then to the command-line flags.
+//!
+//! The same structure holds palettize entries ([`PalettizeEntry`]) or prune
+//! entries ([`PruneEntry`]).
 
 use crate::kernels::palettize::Mode;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -46,9 +50,14 @@ pub struct PalettizeEntry {
     pub weight_threshold: Option<usize>,
 }
 
-impl PalettizeEntry {
+/// A partial entry of some pass's config.
+pub trait Entry: Clone + Default + PartialEq + DeserializeOwned {
     /// Fields of `self`, falling back to `base`.
-    pub fn over(&self, base: &PalettizeEntry) -> PalettizeEntry {
+    fn over(&self, base: &Self) -> Self;
+}
+
+impl Entry for PalettizeEntry {
+    fn over(&self, base: &PalettizeEntry) -> PalettizeEntry {
         PalettizeEntry {
             mode: self.mode.or(base.mode),
             nbits: self.nbits.or(base.nbits),
@@ -60,22 +69,125 @@ impl PalettizeEntry {
     }
 }
 
-/// The three-level configuration.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// One (possibly partial) prune config, with the LUT settings of the joint
+/// one-shot form (`nbits` and the rest, as in [`PalettizeEntry`]).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct OptimizationConfig {
-    /// Applies to every weight not matched below.
-    #[serde(default)]
-    pub global_config: Option<PalettizeEntry>,
-    /// By consuming op type (`conv`, `linear`, ...); `null` = skip.
-    #[serde(default)]
-    pub op_type_configs: BTreeMap<String, Option<PalettizeEntry>>,
-    /// By const name or consuming op name; `null` = skip.
-    #[serde(default)]
-    pub op_name_configs: BTreeMap<String, Option<PalettizeEntry>>,
+pub struct PruneEntry {
+    /// Fraction of each weight to zero (coremltools: `target_sparsity`).
+    #[serde(alias = "target_sparsity")]
+    pub sparsity: Option<f64>,
+    /// `[N, M]`: N of every M zeroed (coremltools: `n_m_ratio`).
+    #[serde(alias = "n_m_ratio")]
+    pub n_m: Option<(usize, usize)>,
+    /// Prune blocks of this many consecutive elements along `dim`.
+    pub block_size: Option<usize>,
+    /// Axis of blocks / n:m runs (default 0 for blocks, 1 for n:m).
+    pub dim: Option<usize>,
+    /// Compress only weights with more elements than this.
+    pub weight_threshold: Option<usize>,
+    /// Joint: palettize the kept values with this many bits.
+    pub nbits: Option<u32>,
+    /// Joint: LUT mode.
+    pub mode: Option<Mode>,
+    /// Joint: LUT granularity.
+    pub granularity: Option<Granularity>,
+    /// Joint: channels per LUT group.
+    pub group_size: Option<usize>,
+    /// Joint: override of the LUT grouping axis.
+    pub channel_axis: Option<i64>,
 }
 
-impl OptimizationConfig {
+impl Entry for PruneEntry {
+    /// The pattern (sparsity or n:m, with its block size and axis) comes as
+    /// a unit from the most specific level that names sparsity or n:m, so
+    /// that an op-level `n_m` replaces a global `sparsity`; other fields
+    /// fall back one by one.
+    fn over(&self, base: &PruneEntry) -> PruneEntry {
+        let own_pattern = self.sparsity.is_some() || self.n_m.is_some();
+        PruneEntry {
+            sparsity: if own_pattern {
+                self.sparsity
+            } else {
+                base.sparsity
+            },
+            n_m: if own_pattern { self.n_m } else { base.n_m },
+            block_size: if own_pattern {
+                self.block_size
+            } else {
+                self.block_size.or(base.block_size)
+            },
+            dim: if own_pattern {
+                self.dim
+            } else {
+                self.dim.or(base.dim)
+            },
+            weight_threshold: self.weight_threshold.or(base.weight_threshold),
+            nbits: self.nbits.or(base.nbits),
+            mode: self.mode.or(base.mode),
+            granularity: self.granularity.or(base.granularity),
+            group_size: self.group_size.or(base.group_size),
+            channel_axis: self.channel_axis.or(base.channel_axis),
+        }
+    }
+}
+
+impl PruneEntry {
+    /// The LUT part of a joint one-shot entry: `None` when neither `nbits`
+    /// nor `mode` is set (plain pruning).
+    pub fn lut(&self) -> Result<Option<PalettizeEntry>, String> {
+        if self.nbits.is_none() && self.mode.is_none() {
+            if self.group_size.is_some()
+                || self.granularity.is_some()
+                || self.channel_axis.is_some()
+            {
+                return Err(
+                    "group size, granularity and channel axis of a joint LUT need nbits".into(),
+                );
+            }
+            return Ok(None);
+        }
+        Ok(Some(PalettizeEntry {
+            mode: self.mode,
+            nbits: self.nbits,
+            granularity: self.granularity,
+            group_size: self.group_size,
+            channel_axis: self.channel_axis,
+            weight_threshold: self.weight_threshold,
+        }))
+    }
+}
+
+/// The three-level configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, bound(deserialize = "E: Entry"))]
+pub struct OptimizationConfig<E = PalettizeEntry> {
+    /// Applies to every weight not matched below.
+    #[serde(default = "none")]
+    pub global_config: Option<E>,
+    /// By consuming op type (`conv`, `linear`, ...); `null` = skip.
+    #[serde(default = "BTreeMap::new")]
+    pub op_type_configs: BTreeMap<String, Option<E>>,
+    /// By const name or consuming op name; `null` = skip.
+    #[serde(default = "BTreeMap::new")]
+    pub op_name_configs: BTreeMap<String, Option<E>>,
+}
+
+fn none<E>() -> Option<E> {
+    None
+}
+
+impl<E> Default for OptimizationConfig<E> {
+    fn default() -> Self {
+        Self {
+            global_config: None,
+            op_type_configs: BTreeMap::new(),
+            op_name_configs: BTreeMap::new(),
+        }
+    }
+}
+
+impl<E: Entry> OptimizationConfig<E> {
     /// Reads a JSON config file.
     pub fn load(path: &Path) -> Result<Self, String> {
         let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -90,12 +202,12 @@ impl OptimizationConfig {
         &self,
         const_name: &str,
         consumers: &[(String, String)],
-    ) -> Result<Option<PalettizeEntry>, String> {
+    ) -> Result<Option<E>, String> {
         let global = self.global_config.clone().unwrap_or_default();
         if let Some(e) = self.op_name_configs.get(const_name) {
             return Ok(e.as_ref().map(|e| e.over(&global)));
         }
-        let mut chosen: Option<Option<PalettizeEntry>> = None;
+        let mut chosen: Option<Option<E>> = None;
         for (name, ty) in consumers {
             let e = if let Some(e) = self.op_name_configs.get(name) {
                 e.as_ref().map(|e| e.over(&global))
@@ -143,5 +255,35 @@ mod tests {
         let both = vec![conv[0].clone(), lin[0].clone()];
         assert!(c.resolve("w", &both).is_err());
         assert!(serde_json::from_str::<OptimizationConfig>(r#"{"global": {}}"#).is_err());
+    }
+
+    #[test]
+    fn prune_levels_replace_the_pattern_as_a_unit() {
+        let c: OptimizationConfig<PruneEntry> = serde_json::from_str(
+            r#"{"global_config": {"target_sparsity": 0.4, "block_size": 4, "nbits": 4},
+                "op_type_configs": {"linear": {"n_m_ratio": [2, 4]}, "conv": {"block_size": 2}},
+                "op_name_configs": {"w_skip": null}}"#,
+        )
+        .unwrap();
+        let lin = vec![("l".to_string(), "linear".to_string())];
+        let e = c.resolve("w", &lin).unwrap().unwrap();
+        assert_eq!(
+            (e.sparsity, e.n_m, e.block_size),
+            (None, Some((2, 4)), None)
+        );
+        assert_eq!(e.nbits, Some(4));
+        let conv = vec![("c".to_string(), "conv".to_string())];
+        let e = c.resolve("w", &conv).unwrap().unwrap();
+        assert_eq!((e.sparsity, e.block_size), (Some(0.4), Some(2)));
+        assert_eq!(c.resolve("w_skip", &conv).unwrap(), None);
+        assert!(serde_json::from_str::<OptimizationConfig<PruneEntry>>(
+            r#"{"global_config": {"sparsity": 0.4, "bits": 4}}"#
+        )
+        .is_err());
+        let bad = PruneEntry {
+            group_size: Some(16),
+            ..PruneEntry::default()
+        };
+        assert!(bad.lut().is_err());
     }
 }

@@ -1,15 +1,21 @@
 //! Building blocks for writing constexpr ops: tensors become blob-backed or
 //! immediate `Value`s (following coremltools' storage rule), inline
-//! `Argument`s, and fresh op names that do not collide with any name in a
-//! function.
+//! `Argument`s, fresh op names that do not collide with any name in a
+//! function, and the three op forms a compressed weight takes
+//! (`constexpr_lut_to_dense`, `constexpr_sparse_to_dense`, and the joint
+//! `constexpr_lut_to_sparse` → `constexpr_sparse_to_dense` pair), in the
+//! iOS16 attribute form below the iOS18 opset and the iOS18 input form from
+//! it on (§5 of the format notes).
 
 use crate::error::Error;
 use crate::kernels::bits;
 use crate::mil::program::op_name;
-use crate::mil::value::{blob_value, goes_to_blob, immediate_value};
-use crate::mil::{FunctionIndex, Tensor};
+use crate::mil::value::{
+    blob_value, goes_to_blob, immediate_value, string_value, tensor_value_type,
+};
+use crate::mil::{DType, Data, FunctionIndex, Tensor};
 use crate::package::WeightSink;
-use crate::proto::mil::{self, Argument};
+use crate::proto::mil::{self, Argument, NamedValueType, Operation};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -82,4 +88,264 @@ impl Names {
         set.insert(name.clone());
         name
     }
+}
+
+/// Where the tensors of new ops go: one weight file of the output, for a
+/// given output spec version.
+pub struct Emitter<'s, 'a> {
+    /// The output's weight files.
+    pub sink: &'s mut WeightSink<'a>,
+    /// The file new blobs are appended to.
+    pub file: String,
+    /// Output specification version (decides op forms and storage).
+    pub spec: i32,
+    /// `model.mlmodel` of the input (for error messages).
+    pub model_path: &'s Path,
+}
+
+impl Emitter<'_, '_> {
+    fn value(&mut self, t: &Tensor) -> Result<mil::Value, Error> {
+        tensor_value(t, self.sink, &self.file, self.spec, self.model_path)
+    }
+
+    fn immediate(&self, t: &Tensor) -> Result<mil::Value, Error> {
+        immediate_value(t).map_err(|e| Error::mil(self.model_path, e))
+    }
+
+    fn ios18(&self) -> bool {
+        self.spec >= 9
+    }
+}
+
+/// The index bits' dtype.
+pub fn uint_dtype(nbits: u32) -> DType {
+    match nbits {
+        1 => DType::Uint1,
+        2 => DType::Uint2,
+        3 => DType::Uint3,
+        4 => DType::Uint4,
+        6 => DType::Uint6,
+        _ => DType::Uint8,
+    }
+}
+
+/// A lookup table of a weight: `groups` LUTs of `2^nbits` entries along
+/// `axis`, and one index per stored element.
+#[derive(Debug, Clone)]
+pub struct Lut {
+    /// Index bits.
+    pub nbits: u32,
+    /// Number of LUTs (1 = per tensor).
+    pub groups: usize,
+    /// Grouping axis.
+    pub axis: usize,
+    /// Channels per group.
+    pub group_size: usize,
+    /// Unpacked indices: dense row-major for a dense weight, the kept
+    /// elements in row-major order for a sparse one.
+    pub indices: Vec<u8>,
+    /// `groups · 2^nbits` entries, group-major, in the weight's dtype.
+    pub lut: Data,
+}
+
+impl Lut {
+    /// The iOS18 LUT shape `[g0, …, g(K-1), 2^nbits, 1]` with `groups` on
+    /// `axis`.
+    fn shape(&self, rank: usize) -> Vec<usize> {
+        let mut s = vec![1usize; rank + 2];
+        s[self.axis] = self.groups;
+        s[rank] = 1 << self.nbits;
+        s
+    }
+}
+
+fn single_output(name: &str, dtype: DType, shape: &[usize]) -> NamedValueType {
+    NamedValueType {
+        name: name.to_string(),
+        r#type: Some(tensor_value_type(dtype, shape)),
+    }
+}
+
+fn named_arg(name: &str) -> Argument {
+    Argument {
+        arguments: vec![mil::argument::Binding {
+            binding: Some(mil::argument::binding::Binding::Name(name.to_string())),
+        }],
+    }
+}
+
+fn shape_tensor(shape: &[usize]) -> Tensor {
+    Tensor {
+        dtype: DType::Uint32,
+        shape: vec![shape.len()],
+        data: Data::U32(shape.iter().map(|&d| d as u32).collect()),
+    }
+}
+
+/// `constexpr_lut_to_dense` named `name` with output `out` (`dtype`,
+/// `shape`). Writes the indices, then the LUT.
+pub fn lut_to_dense(
+    em: &mut Emitter<'_, '_>,
+    name: &str,
+    out: &str,
+    dtype: DType,
+    shape: &[usize],
+    l: &Lut,
+) -> Result<Operation, Error> {
+    let mut attributes = BTreeMap::new();
+    attributes.insert("name".to_string(), string_value(name));
+    let mut inputs = BTreeMap::new();
+    if em.ios18() {
+        let idx = Tensor {
+            dtype: uint_dtype(l.nbits),
+            shape: shape.to_vec(),
+            data: Data::U8(l.indices.clone()),
+        };
+        let lut = Tensor {
+            dtype,
+            shape: l.shape(shape.len()),
+            data: l.lut.clone(),
+        };
+        inputs.insert("indices".to_string(), inline_arg(em.value(&idx)?));
+        inputs.insert("lut".to_string(), inline_arg(em.value(&lut)?));
+    } else {
+        // iOS16 form: packed indices as a flat uint8 vector, a rank-1 LUT
+        // and the shape as uint32, all as attributes.
+        let packed = bits::pack(&l.indices, l.nbits);
+        let idx = Tensor {
+            dtype: DType::Uint8,
+            shape: vec![packed.len()],
+            data: Data::U8(packed),
+        };
+        let lut = Tensor {
+            dtype,
+            shape: vec![1 << l.nbits],
+            data: l.lut.clone(),
+        };
+        attributes.insert("indices".to_string(), em.value(&idx)?);
+        attributes.insert("lut".to_string(), em.value(&lut)?);
+        attributes.insert("shape".to_string(), em.immediate(&shape_tensor(shape))?);
+    }
+    Ok(Operation {
+        r#type: "constexpr_lut_to_dense".into(),
+        inputs,
+        outputs: vec![single_output(out, dtype, shape)],
+        blocks: vec![],
+        attributes,
+    })
+}
+
+/// `constexpr_sparse_to_dense` named `name` with output `output`, from a
+/// 0/1 `mask` over `shape` and the kept values `nonzero` (rank 1). Writes
+/// the values, then the mask.
+pub fn sparse_to_dense(
+    em: &mut Emitter<'_, '_>,
+    name: &str,
+    output: NamedValueType,
+    shape: &[usize],
+    mask: &[u8],
+    nonzero: &Tensor,
+) -> Result<Operation, Error> {
+    let mut attributes = BTreeMap::new();
+    attributes.insert("name".to_string(), string_value(name));
+    let mut inputs = BTreeMap::new();
+    if em.ios18() {
+        let m = Tensor {
+            dtype: DType::Uint1,
+            shape: shape.to_vec(),
+            data: Data::U8(mask.to_vec()),
+        };
+        inputs.insert("nonzero_data".to_string(), inline_arg(em.value(nonzero)?));
+        inputs.insert("mask".to_string(), inline_arg(em.value(&m)?));
+    } else {
+        let packed = bits::pack(mask, 1);
+        let m = Tensor {
+            dtype: DType::Uint8,
+            shape: vec![packed.len()],
+            data: Data::U8(packed),
+        };
+        attributes.insert("nonzero_data".to_string(), em.value(nonzero)?);
+        attributes.insert("mask".to_string(), em.value(&m)?);
+        attributes.insert("shape".to_string(), em.immediate(&shape_tensor(shape))?);
+    }
+    Ok(Operation {
+        r#type: "constexpr_sparse_to_dense".into(),
+        inputs,
+        outputs: vec![output],
+        blocks: vec![],
+        attributes,
+    })
+}
+
+/// Names of the joint pair.
+pub struct JointNames<'n> {
+    /// The `constexpr_lut_to_sparse` op.
+    pub lut_op: &'n str,
+    /// Its two outputs: the mask and the kept values.
+    pub lut_outputs: [&'n str; 2],
+    /// The `constexpr_sparse_to_dense` op.
+    pub sparse_op: &'n str,
+    /// The dense weight (what consumers read).
+    pub output: &'n str,
+}
+
+/// The joint form (iOS18 only): `constexpr_lut_to_sparse` (mask, indices
+/// of the kept elements, LUT) feeding `constexpr_sparse_to_dense`. Writes
+/// the mask, then the indices, then the LUT.
+pub fn lut_to_sparse(
+    em: &mut Emitter<'_, '_>,
+    n: &JointNames<'_>,
+    dtype: DType,
+    shape: &[usize],
+    mask: &[u8],
+    l: &Lut,
+) -> Result<[Operation; 2], Error> {
+    let kept = l.indices.len();
+    let m = Tensor {
+        dtype: DType::Uint1,
+        shape: shape.to_vec(),
+        data: Data::U8(mask.to_vec()),
+    };
+    let idx = Tensor {
+        dtype: uint_dtype(l.nbits),
+        shape: vec![kept],
+        data: Data::U8(l.indices.clone()),
+    };
+    let lut = Tensor {
+        dtype,
+        shape: l.shape(shape.len()),
+        data: l.lut.clone(),
+    };
+    let mut inputs = BTreeMap::new();
+    inputs.insert("indices_mask".to_string(), inline_arg(em.value(&m)?));
+    inputs.insert(
+        "indices_nonzero_data".to_string(),
+        inline_arg(em.value(&idx)?),
+    );
+    inputs.insert("lut".to_string(), inline_arg(em.value(&lut)?));
+    let mut attributes = BTreeMap::new();
+    attributes.insert("name".to_string(), string_value(n.lut_op));
+    let lts = Operation {
+        r#type: "constexpr_lut_to_sparse".into(),
+        inputs,
+        outputs: vec![
+            single_output(n.lut_outputs[0], DType::Uint1, shape),
+            single_output(n.lut_outputs[1], dtype, &[kept]),
+        ],
+        blocks: vec![],
+        attributes,
+    };
+    let mut inputs = BTreeMap::new();
+    inputs.insert("mask".to_string(), named_arg(n.lut_outputs[0]));
+    inputs.insert("nonzero_data".to_string(), named_arg(n.lut_outputs[1]));
+    let mut attributes = BTreeMap::new();
+    attributes.insert("name".to_string(), string_value(n.sparse_op));
+    let std = Operation {
+        r#type: "constexpr_sparse_to_dense".into(),
+        inputs,
+        outputs: vec![single_output(n.output, dtype, shape)],
+        blocks: vec![],
+        attributes,
+    };
+    Ok([lts, std])
 }

@@ -8,6 +8,7 @@ pub mod decompress;
 mod driver;
 pub mod emit;
 pub mod palettize;
+pub mod pass;
 pub mod prune;
 pub mod select;
 pub mod target;

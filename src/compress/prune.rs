@@ -3,47 +3,156 @@
 //! (iOS16 attribute form with a packed uint8 mask below the iOS18 opset,
 //! the iOS18 input form with a uint1 mask from it on).
 //!
-//! Unstructured pruning zeroes exactly `round(sparsity · numel)` weights per
-//! tensor; `--n-m N:M` zeroes exactly N of every M consecutive weights
-//! along the input axis (axis 1 of conv/linear weights). Ties are broken
-//! by position (see [`crate::kernels::prune`]).
+//! Patterns ([`Pattern`]): unstructured pruning zeroes exactly
+//! `round(sparsity · numel)` weights per tensor; block pruning zeroes
+//! exactly `round(sparsity · blocks)` whole blocks of `block_size`
+//! consecutive elements along `dim` (default 0, as coremltools); n:m zeroes
+//! exactly N of every M consecutive weights along `dim` (default 1, the
+//! input axis). Ties are broken by position (see [`crate::kernels::prune`]).
+//!
+//! With LUT settings (`nbits`, the one-shot joint form) the kept values are
+//! then palettized exactly as `palettize` does on a pruned package, so that
+//! `prune --nbits` writes the same bytes as `prune` then `palettize`.
 
-use super::driver::{OpRewriter, Rewritten};
-use super::emit::{inline_arg, tensor_value, Names};
-use super::select::{const_weights, stored_bytes, ConstWeight, Selection};
-use super::target::{output_target, refuse_compressed, upgrade};
-use crate::error::Error;
-use crate::kernels::bits;
-use crate::kernels::prune::{magnitude_mask, nm_mask};
-use crate::mil::value::{
-    decode_value, immediate_value, string_value, tensor_value_type, BlobFiles,
+use super::config::{Entry, OptimizationConfig, PruneEntry};
+use super::palettize::{
+    lut_decision, lut_detail, lut_ios18_reason, palettize_weight, settings, sparsity_detail,
+    split_axis, LutPlan, JOINT_NEEDS_IOS18,
 };
-use crate::mil::{DType, Data, FunctionIndex, Tensor};
-use crate::model::Target;
-use crate::package::{Package, WeightSink};
-use crate::proto::mil::{NamedValueType, Operation};
-use crate::proto::spec::Model;
-use crate::report::{Metrics, WeightReport};
-use rayon::prelude::*;
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use super::pass::{Compressed, Decision, TargetOptions, WeightData, WeightPass, WeightRewriter};
+use super::select::{Selection, Weight};
+use crate::kernels::prune::{block_mask, magnitude_mask, magnitude_mask_f16, nm_mask};
+use crate::mil::value::BlobFiles;
+use crate::mil::{Data, FunctionIndex};
+use crate::package::Package;
+use crate::report::Metrics;
 
 /// What structure to prune with.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Pattern {
     /// This fraction of each tensor, smallest magnitudes first.
     Unstructured(f64),
-    /// N of every M consecutive weights along the input axis.
-    NOutOfM(usize, usize),
+    /// This fraction of the blocks of `block` consecutive elements along
+    /// axis `dim`, smallest L2 norm first.
+    Blocks {
+        /// Fraction of blocks.
+        sparsity: f64,
+        /// Elements per block.
+        block: usize,
+        /// Axis along which blocks run.
+        dim: usize,
+    },
+    /// N of every M consecutive weights along axis `dim`.
+    NOutOfM {
+        /// Zeros per run.
+        n: usize,
+        /// Run length.
+        m: usize,
+        /// Axis along which runs go.
+        dim: usize,
+    },
+}
+
+impl Pattern {
+    /// The pattern an entry asks for, validated (the pre-flight checks of
+    /// the command).
+    pub fn of(e: &PruneEntry) -> Result<Pattern, String> {
+        let p = match (e.sparsity, e.n_m) {
+            (None, None) => {
+                return Err("give --sparsity F or --n-m N:M (or sparsity / n_m in --config)".into())
+            }
+            (Some(_), Some(_)) => return Err("sparsity and n:m cannot be combined".into()),
+            (Some(s), None) => {
+                if !(s > 0.0 && s < 1.0) {
+                    return Err(format!("sparsity {s} is outside (0, 1)"));
+                }
+                match e.block_size {
+                    None => {
+                        if let Some(d) = e.dim {
+                            return Err(format!(
+                                "dim {d} applies only to block and n:m pruning (give --block-size or --n-m)"
+                            ));
+                        }
+                        Pattern::Unstructured(s)
+                    }
+                    Some(b) if b < 2 => return Err(format!("block size {b} must be at least 2")),
+                    Some(block) => Pattern::Blocks {
+                        sparsity: s,
+                        block,
+                        dim: e.dim.unwrap_or(0),
+                    },
+                }
+            }
+            (None, Some((n, m))) => {
+                if n == 0 || n >= m {
+                    return Err(format!("n:m {n}:{m} needs 0 < N < M"));
+                }
+                if e.block_size.is_some() {
+                    return Err("block size applies to sparsity, not to n:m".into());
+                }
+                Pattern::NOutOfM {
+                    n,
+                    m,
+                    dim: e.dim.unwrap_or(1),
+                }
+            }
+        };
+        match p {
+            Pattern::Blocks { dim, .. } | Pattern::NOutOfM { dim, .. } if dim > 1 => {
+                Err(format!("dim {dim} must be 0 or 1"))
+            }
+            _ => Ok(p),
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        match *self {
+            Pattern::Unstructured(s) => serde_json::json!({"sparsity": s}),
+            Pattern::Blocks {
+                sparsity,
+                block,
+                dim,
+            } => serde_json::json!({"sparsity": sparsity, "block_size": block, "axis": dim}),
+            Pattern::NOutOfM { n, m, dim } => serde_json::json!({"n_m": [n, m], "axis": dim}),
+        }
+    }
+
+    /// Why this pattern does not apply to `w`, if it does not.
+    fn unfit(&self, w: &Weight) -> Option<String> {
+        let (kind, dim) = match *self {
+            Pattern::Unstructured(_) => return None,
+            Pattern::Blocks { dim, .. } => ("block", dim),
+            Pattern::NOutOfM { dim, .. } => ("n:m", dim),
+        };
+        // As in coremltools: structured patterns are defined on conv and
+        // linear weights ([Cout, Cin, ...]).
+        if !w
+            .consumers
+            .iter()
+            .all(|(_, t, p)| (t == "conv" || t == "linear") && p == "weight")
+        {
+            return Some(format!(
+                "{kind} pruning applies to conv/linear weights only"
+            ));
+        }
+        let len = w.shape[dim];
+        match *self {
+            Pattern::Blocks { block, .. } if 2 * block > len => Some(format!(
+                "block size larger than half the axis ({len} on axis {dim}, block size {block})"
+            )),
+            Pattern::NOutOfM { m, .. } if len % m != 0 => Some(format!(
+                "axis not divisible by M ({len} on axis {dim}, M = {m})"
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// Options of the prune pass.
 #[derive(Debug, Clone)]
 pub struct PruneOptions {
-    /// Sparsity pattern.
-    pub pattern: Pattern,
-    /// Compress only weights with more elements than this.
-    pub weight_threshold: usize,
+    /// The three-level config (flags already folded into its global level).
+    pub config: OptimizationConfig<PruneEntry>,
     /// Name/op-type selection.
     pub selection: Selection,
     /// Allow a newer opset if needed.
@@ -52,333 +161,262 @@ pub struct PruneOptions {
     pub min_spec: Option<i32>,
 }
 
-#[derive(Debug, Clone)]
-struct Planned {
-    weight: ConstWeight,
-    skip: Option<String>,
-    bytes_before: u64,
-}
-
-struct Computed {
-    keep: Vec<bool>,
-    kept: Data,
-    metrics: Metrics,
-}
-
-/// The prune pass over one package.
-pub struct Prune<'p> {
-    pkg: &'p Package,
-    model_path: PathBuf,
-    pattern: Pattern,
-    plans: BTreeMap<(String, usize), Planned>,
-    results: BTreeMap<(String, usize), Result<Computed, String>>,
-    /// The target the output is written for.
-    pub out_target: &'static Target,
-    names: Names,
-    /// Per-weight lines, in program order.
-    pub reports: Vec<WeightReport>,
-}
-
-impl<'p> Prune<'p> {
-    /// Plans the pass; errors are user errors.
-    pub fn plan(pkg: &'p Package, opts: &PruneOptions) -> Result<Self, String> {
-        match opts.pattern {
-            Pattern::Unstructured(s) if !(s > 0.0 && s < 1.0) => {
-                return Err(format!("sparsity {s} is outside (0, 1)"))
+impl PruneOptions {
+    /// Checks every entry of the config, used or not, so that a bad
+    /// setting is an error before any work: the pattern of each level
+    /// (merged over the global level) and its LUT settings.
+    pub fn validate(&self) -> Result<(), String> {
+        let c = &self.config;
+        let global = c.global_config.clone().unwrap_or_default();
+        let check = |e: &PruneEntry| -> Result<(), String> {
+            Pattern::of(e)?;
+            if let Some(l) = e.lut()? {
+                settings(&l)?;
             }
-            Pattern::NOutOfM(n, m) if m == 0 || n == 0 || n >= m => {
-                return Err(format!("--n-m {n}:{m} needs 0 < N < M"))
-            }
-            _ => {}
-        }
-        let prog = pkg.program();
-        refuse_compressed(prog, "pruning")?;
-        let mut plans = BTreeMap::new();
-        let mut any = false;
-        for (fname, func) in &prog.functions {
-            let index = FunctionIndex::new(fname, func)
-                .map_err(|e| format!("{}: {e}", pkg.model_path().display()))?;
-            for w in const_weights(&index) {
-                let bytes_before = stored_bytes(&pkg.blobs, &index, &w);
-                let skip = if let Some(b) = &w.blocked {
-                    Some(b.clone())
-                } else if let Some(r) = opts.selection.reject(&w) {
-                    Some(r)
-                } else if w.numel() <= opts.weight_threshold {
-                    Some(format!(
-                        "at most weight threshold ({} <= {} elements)",
-                        w.numel(),
-                        opts.weight_threshold
-                    ))
-                } else if w.shape.len() < 2 {
-                    Some("rank < 2".into())
-                } else if let Pattern::NOutOfM(_, m) = opts.pattern {
-                    if !w
-                        .consumers
-                        .iter()
-                        .all(|(_, t, p)| (t == "conv" || t == "linear") && p == "weight")
-                    {
-                        Some("n:m pruning applies to conv/linear weights only".into())
-                    } else if w.shape[1] % m != 0 {
-                        Some(format!(
-                            "input axis not divisible by M ({} on axis 1, M = {m})",
-                            w.shape[1]
-                        ))
-                    } else {
-                        None
-                    }
-                } else {
-                    None
-                };
-                any |= skip.is_none();
-                plans.insert(
-                    (fname.clone(), w.op_index),
-                    Planned {
-                        weight: w,
-                        skip,
-                        bytes_before,
-                    },
-                );
-            }
-        }
-        let out_target = output_target(&pkg.model, any, None, opts.upgrade_opset, opts.min_spec)?;
-        Ok(Self {
-            pkg,
-            model_path: pkg.model_path(),
-            pattern: opts.pattern,
-            plans,
-            results: BTreeMap::new(),
-            out_target,
-            names: Names::collect(prog)?,
-            reports: Vec::new(),
-        })
-    }
-
-    fn compute_batch(&mut self, index: &FunctionIndex<'_>, from: usize) {
-        const BUDGET: usize = 64 << 20;
-        let mut batch = Vec::new();
-        let mut total = 0usize;
-        for ((f, i), p) in self.plans.range((index.name.to_string(), from)..) {
-            if f != index.name {
-                break;
-            }
-            if p.skip.is_some() || self.results.contains_key(&(f.clone(), *i)) {
-                continue;
-            }
-            if !batch.is_empty() && total + p.weight.numel() > BUDGET {
-                break;
-            }
-            total += p.weight.numel();
-            batch.push((*i, p.weight.clone()));
-        }
-        let blobs = &self.pkg.blobs;
-        let pattern = self.pattern;
-        let out: Vec<(usize, Result<Computed, String>)> = batch
-            .into_par_iter()
-            .map(|(i, w)| (i, compute(index.ops[i].1, &w, pattern, blobs)))
-            .collect();
-        for (i, r) in out {
-            self.results.insert((index.name.to_string(), i), r);
-        }
-    }
-}
-
-fn compute(
-    op: &Operation,
-    w: &ConstWeight,
-    pattern: Pattern,
-    blobs: &BlobFiles,
-) -> Result<Computed, String> {
-    let val = op.attributes.get("val").ok_or("const has no value")?;
-    let t = decode_value(val, blobs, &w.const_name).map_err(|e| e.to_string())?;
-    let x = t.to_f32().ok_or("weight is not a float tensor")?;
-    if x.iter().any(|v| !v.is_finite()) {
-        return Err("contains NaN or infinity".into());
-    }
-    let mags: Vec<f32> = x.iter().map(|v| v.abs()).collect();
-    let keep = match pattern {
-        Pattern::Unstructured(s) => magnitude_mask(&mags, s),
-        Pattern::NOutOfM(n, m) => {
-            let inner: usize = t.shape[2..].iter().product();
-            nm_mask(&mags, t.shape[0], t.shape[1], inner, n, m)
-        }
-    };
-    let (mut sig, mut sse, mut mx) = (0.0f64, 0.0f64, 0.0f64);
-    for (&v, &k) in x.iter().zip(&keep) {
-        let v = f64::from(v);
-        sig += v * v;
-        if !k {
-            sse += v * v;
-            mx = mx.max(v.abs());
-        }
-    }
-    let kept = match &t.data {
-        Data::F16(v) => Data::F16(
-            v.iter()
-                .zip(&keep)
-                .filter(|(_, k)| **k)
-                .map(|(v, _)| *v)
-                .collect(),
-        ),
-        Data::F32(v) => Data::F32(
-            v.iter()
-                .zip(&keep)
-                .filter(|(_, k)| **k)
-                .map(|(v, _)| *v)
-                .collect(),
-        ),
-        _ => return Err(format!("dtype {} is not fp16/fp32", t.dtype)),
-    };
-    Ok(Computed {
-        keep,
-        kept,
-        metrics: Metrics::from_sums(sig, sse, mx),
-    })
-}
-
-impl Prune<'_> {
-    fn build_op(
-        &self,
-        w: &ConstWeight,
-        c: &Computed,
-        file: &str,
-        sink: &mut WeightSink<'_>,
-        op_name: &str,
-    ) -> Result<Operation, Error> {
-        let spec = self.out_target.spec;
-        let mp = &self.model_path;
-        let mut attributes = BTreeMap::new();
-        attributes.insert("name".to_string(), string_value(op_name));
-        let mut inputs = BTreeMap::new();
-        let nz = Tensor {
-            dtype: w.dtype,
-            shape: vec![c.kept.len()],
-            data: c.kept.clone(),
+            Ok(())
         };
-        let mask_bits: Vec<u8> = c.keep.iter().map(|&k| u8::from(k)).collect();
-        if spec >= 9 {
-            let mask = Tensor {
-                dtype: DType::Uint1,
-                shape: w.shape.clone(),
-                data: Data::U8(mask_bits),
-            };
-            inputs.insert(
-                "nonzero_data".to_string(),
-                inline_arg(tensor_value(&nz, sink, file, spec, mp)?),
-            );
-            inputs.insert(
-                "mask".to_string(),
-                inline_arg(tensor_value(&mask, sink, file, spec, mp)?),
-            );
-        } else {
-            let packed = bits::pack(&mask_bits, 1);
-            let mask = Tensor {
-                dtype: DType::Uint8,
-                shape: vec![packed.len()],
-                data: Data::U8(packed),
-            };
-            let shape = Tensor {
-                dtype: DType::Uint32,
-                shape: vec![w.shape.len()],
-                data: Data::U32(w.shape.iter().map(|&d| d as u32).collect()),
-            };
-            attributes.insert(
-                "nonzero_data".to_string(),
-                tensor_value(&nz, sink, file, spec, mp)?,
-            );
-            attributes.insert(
-                "mask".to_string(),
-                tensor_value(&mask, sink, file, spec, mp)?,
-            );
-            attributes.insert(
-                "shape".to_string(),
-                immediate_value(&shape).map_err(|e| Error::mil(mp, e))?,
-            );
+        // The global level needs a pattern unless op-level entries carry
+        // their own (then weights none of them matches are left alone).
+        let op_level = !(c.op_type_configs.is_empty() && c.op_name_configs.is_empty());
+        if !op_level || global.sparsity.is_some() || global.n_m.is_some() {
+            check(&global)?;
         }
-        Ok(Operation {
-            r#type: "constexpr_sparse_to_dense".into(),
-            inputs,
-            outputs: vec![NamedValueType {
-                name: w.value_name.clone(),
-                r#type: Some(tensor_value_type(w.dtype, &w.shape)),
-            }],
-            blocks: vec![],
-            attributes,
-        })
-    }
-}
-
-impl OpRewriter for Prune<'_> {
-    fn rewrite(
-        &mut self,
-        index: &FunctionIndex<'_>,
-        op_index: usize,
-        op: &Operation,
-        _blobs: &BlobFiles,
-        sink: &mut WeightSink<'_>,
-    ) -> Result<Rewritten, Error> {
-        let key = (index.name.to_string(), op_index);
-        let Some(planned) = self.plans.get(&key).cloned() else {
-            return Ok(Rewritten::Keep);
-        };
-        let w = &planned.weight;
-        let mut report = WeightReport {
-            function: index.name.to_string(),
-            name: w.const_name.clone(),
-            ops: w.consumers.iter().map(|c| c.0.clone()).collect(),
-            op_types: w.consumers.iter().map(|c| c.1.clone()).collect(),
-            shape: w.shape.clone(),
-            dtype: w.dtype.to_string(),
-            bytes_before: planned.bytes_before,
-            bytes_after: planned.bytes_before,
-            skipped: planned.skip.clone(),
-            detail: None,
-            metrics: None,
-        };
-        if planned.skip.is_some() {
-            self.reports.push(report);
-            return Ok(Rewritten::Keep);
-        }
-        if !self.results.contains_key(&key) {
-            self.compute_batch(index, op_index);
-        }
-        let c = match self.results.remove(&key).expect("computed above") {
-            Ok(c) => c,
-            Err(reason) => {
-                report.skipped = Some(reason);
-                self.reports.push(report);
-                return Ok(Rewritten::Keep);
+        let levels = c
+            .op_type_configs
+            .iter()
+            .map(|(k, e)| (format!("op_type_configs.{k}"), e))
+            .chain(
+                c.op_name_configs
+                    .iter()
+                    .map(|(k, e)| (format!("op_name_configs.{k}"), e)),
+            );
+        for (at, e) in levels {
+            if let Some(e) = e {
+                check(&e.over(&global)).map_err(|m| format!("{at}: {m}"))?;
             }
-        };
-        let file = match op.attributes.get("val").and_then(|v| v.value.as_ref()) {
-            Some(crate::proto::mil::value::Value::BlobFileValue(bv)) => bv.file_name.clone(),
-            _ => crate::package::DEFAULT_WEIGHT_FILE.to_string(),
-        };
-        let before = sink.bytes_written(&file);
-        let name = self
-            .names
-            .fresh(index.name, &format!("{}_sparsified", w.const_name));
-        let new_op = self.build_op(w, &c, &file, sink, &name)?;
-        report.bytes_after = sink.bytes_written(&file) - before;
-        let n = c.keep.len();
-        let kept = c.kept.len();
-        report.detail = Some(serde_json::json!({
-            "method": "magnitude",
-            "pattern": match self.pattern {
-                Pattern::Unstructured(s) => serde_json::json!({"sparsity": s}),
-                Pattern::NOutOfM(a, b) => serde_json::json!({"n_m": [a, b], "axis": 1}),
-            },
-            "sparsity": (n - kept) as f64 / n as f64,
-            "pruned": n - kept,
-            "nonzero": kept,
-        }));
-        report.metrics = Some(c.metrics);
-        self.reports.push(report);
-        Ok(Rewritten::Replace(vec![new_op]))
-    }
-
-    fn finish_model(&mut self, model: &mut Model) -> Result<(), Error> {
-        upgrade(model, self.out_target);
+        }
         Ok(())
+    }
+}
+
+/// What prune does with one weight: the pattern (or why it does not apply)
+/// and, for the one-shot joint form, the LUT (or why not).
+#[derive(Debug, Clone)]
+pub struct PrunePlan {
+    /// The pattern; `None` when it does not apply (then `lut` is set).
+    pub pattern: Option<Pattern>,
+    /// Why the pattern does not apply.
+    pub pattern_skipped: Option<String>,
+    /// LUT settings of the kept (or, unpruned, all) values.
+    pub lut: Option<LutPlan>,
+    /// Why a requested LUT does not apply.
+    pub lut_skipped: Option<String>,
+}
+
+/// The prune pass.
+pub struct Prune {
+    config: OptimizationConfig<PruneEntry>,
+    selection: Selection,
+}
+
+impl Prune {
+    /// Plans the pass over `pkg` (after [`PruneOptions::validate`]).
+    pub fn plan<'p>(
+        pkg: &'p Package,
+        opts: &PruneOptions,
+    ) -> Result<WeightRewriter<'p, Prune>, String> {
+        opts.validate()?;
+        let pass = Prune {
+            config: opts.config.clone(),
+            selection: opts.selection.clone(),
+        };
+        let target = TargetOptions {
+            upgrade_opset: opts.upgrade_opset,
+            min_spec: opts.min_spec,
+        };
+        WeightRewriter::plan(pkg, pass, &target, "pruning", false)
+    }
+}
+
+impl WeightPass for Prune {
+    type Settings = PrunePlan;
+
+    fn plan(
+        &self,
+        index: &FunctionIndex<'_>,
+        w: &Weight,
+        blobs: &BlobFiles,
+    ) -> Result<Decision<PrunePlan>, String> {
+        if let Some(r) = self.selection.reject(w) {
+            return Ok(Decision::Skip(r));
+        }
+        let consumers: Vec<(String, String)> = w
+            .consumers
+            .iter()
+            .map(|(n, t, _)| (n.clone(), t.clone()))
+            .collect();
+        let Some(entry) = self.config.resolve(&w.const_name, &consumers)? else {
+            return Ok(Decision::Skip("disabled by config".into()));
+        };
+        if entry.sparsity.is_none() && entry.n_m.is_none() {
+            // Only op-level entries set a pattern, and none matched.
+            return Ok(Decision::Skip(
+                "no config entry sets a pattern for it".into(),
+            ));
+        }
+        let pattern = Pattern::of(&entry)?;
+        let threshold = entry.weight_threshold.unwrap_or(2048);
+        if w.numel() <= threshold {
+            return Ok(Decision::Skip(format!(
+                "at most weight threshold ({} <= {threshold} elements)",
+                w.numel()
+            )));
+        }
+        if w.shape.len() < 2 {
+            return Ok(Decision::Skip("rank < 2".into()));
+        }
+        let (lut, lut_skipped) = match entry.lut()? {
+            None => (None, None),
+            Some(l) => match lut_decision(index, w, blobs, &l)? {
+                Decision::Do(p) => (Some(p), None),
+                Decision::Skip(r) => (None, Some(r)),
+            },
+        };
+        let unfit = pattern.unfit(w);
+        if let (Some(r), None) = (&unfit, &lut) {
+            return Ok(Decision::Skip(r.clone()));
+        }
+        Ok(Decision::Do(PrunePlan {
+            pattern: unfit.is_none().then_some(pattern),
+            pattern_skipped: unfit,
+            lut,
+            lut_skipped,
+        }))
+    }
+
+    fn ios18_reason(&self, _w: &Weight, s: &PrunePlan) -> Option<&'static str> {
+        match (&s.pattern, &s.lut) {
+            (Some(_), Some(_)) => Some(JOINT_NEEDS_IOS18),
+            (None, Some(l)) => lut_ios18_reason(l),
+            _ => None,
+        }
+    }
+
+    fn compute(&self, input: WeightData, p: &PrunePlan) -> Result<Compressed, String> {
+        let t = input.tensor;
+        let mut detail = serde_json::Map::new();
+        detail.insert("method".into(), "magnitude".into());
+        let Some(pattern) = p.pattern else {
+            // The pattern does not fit this weight, but a LUT was asked
+            // for: palettize it densely, as `palettize` would after `prune`.
+            let lut = p.lut.as_ref().expect("planned with a LUT");
+            let (l, e) = palettize_weight(&t, None, lut)?;
+            detail.insert("pattern".into(), serde_json::Value::Null);
+            detail.insert("prune_skipped".into(), p.pattern_skipped.clone().into());
+            detail.extend(lut_detail(lut, &l));
+            return Ok(Compressed {
+                keep: None,
+                values: None,
+                lut: Some(l),
+                metrics: Metrics::from_sums(e.signal, e.sse, e.max_abs),
+                detail,
+            });
+        };
+        if !finite(&t.data)? {
+            return Err("contains NaN or infinity".into());
+        }
+        // |w| as f32 for the structured patterns (block norms only need
+        // squares); fp16 unstructured pruning needs no copy at all.
+        let mags = || -> Vec<f32> {
+            match &t.data {
+                Data::F16(v) => v.iter().map(|x| x.to_f32().abs()).collect(),
+                Data::F32(v) => v.iter().map(|x| x.abs()).collect(),
+                _ => unreachable!("checked by finite()"),
+            }
+        };
+        let keep = match (pattern, &t.data) {
+            (Pattern::Unstructured(s), Data::F16(v)) => magnitude_mask_f16(v, s),
+            (Pattern::Unstructured(s), _) => magnitude_mask(&mags(), s),
+            (
+                Pattern::Blocks {
+                    sparsity,
+                    block,
+                    dim,
+                },
+                _,
+            ) => {
+                let (outer, len, inner) = split_axis(&t.shape, dim);
+                block_mask(&mags(), outer, len, inner, block, sparsity)
+            }
+            (Pattern::NOutOfM { n, m, dim }, _) => {
+                let (outer, len, inner) = split_axis(&t.shape, dim);
+                nm_mask(&mags(), outer, len, inner, n, m)
+            }
+        };
+        if !keep.iter().any(|&k| k) {
+            return Err("pruning would zero the whole weight".into());
+        }
+        let (mut sig, mut sse, mut mx) = (0.0f64, 0.0f64, 0.0f64);
+        let mut add = |v: f64, k: bool| {
+            sig += v * v;
+            if !k {
+                sse += v * v;
+                mx = mx.max(v.abs());
+            }
+        };
+        match &t.data {
+            Data::F16(x) => x.iter().zip(&keep).for_each(|(v, &k)| add(v.to_f64(), k)),
+            Data::F32(x) => x
+                .iter()
+                .zip(&keep)
+                .for_each(|(v, &k)| add(f64::from(*v), k)),
+            _ => unreachable!("checked by finite()"),
+        }
+        detail.insert("pattern".into(), pattern.json());
+        detail.extend(sparsity_detail(&keep));
+        let (values, lut) = match &p.lut {
+            Some(lp) => {
+                let (l, e) = palettize_weight(&t, Some(&keep), lp)?;
+                sse += e.sse;
+                mx = mx.max(e.max_abs);
+                detail.extend(lut_detail(lp, &l));
+                detail.insert("lut_values".into(), "nonzero".into());
+                (None, Some(l))
+            }
+            None => {
+                fn take<T: Copy>(v: &[T], keep: &[bool]) -> Vec<T> {
+                    v.iter()
+                        .zip(keep)
+                        .filter(|(_, k)| **k)
+                        .map(|(v, _)| *v)
+                        .collect()
+                }
+                let kept = match &t.data {
+                    Data::F16(v) => Data::F16(take(v, &keep)),
+                    Data::F32(v) => Data::F32(take(v, &keep)),
+                    _ => return Err(format!("dtype {} is not fp16/fp32", t.dtype)),
+                };
+                (Some(kept), None)
+            }
+        };
+        if let Some(r) = &p.lut_skipped {
+            detail.insert("lut_skipped".into(), r.clone().into());
+        }
+        Ok(Compressed {
+            keep: Some(keep),
+            values,
+            lut,
+            metrics: Metrics::from_sums(sig, sse, mx),
+            detail,
+        })
+    }
+}
+
+/// Whether every value is finite; `Err` for a non-float tensor.
+fn finite(d: &Data) -> Result<bool, String> {
+    match d {
+        Data::F16(v) => Ok(v.iter().all(|x| x.is_finite())),
+        Data::F32(v) => Ok(v.iter().all(|x| x.is_finite())),
+        _ => Err("weight is not an fp16/fp32 tensor".into()),
     }
 }

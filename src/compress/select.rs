@@ -1,19 +1,39 @@
-//! Which consts are weights a pass may compress, and along which axis their
+//! Which values are weights a pass may compress, and along which axis their
 //! output channels run. Shared by every compression pass.
+//!
+//! A weight is either a dense `const` or an already pruned
+//! `constexpr_sparse_to_dense` whose mask and values are inline (what our
+//! `prune` and coremltools' `prune_weights` write); the second kind is the
+//! input of joint sparse + palettized compression.
 
 use crate::mil::program::{is_constexpr, op_name, param, Param};
 use crate::mil::value::{decode_value, static_shape, BlobFiles};
 use crate::mil::{DType, FunctionIndex, Use};
-use crate::proto::mil::{value_type, Operation};
+use crate::proto::mil::{self, argument::binding, value, value_type, Operation};
 use regex::Regex;
 use std::collections::BTreeSet;
 
-/// A `const` op whose value some computing op reads.
+/// How a weight is stored in the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A dense `const` op.
+    Const,
+    /// A `constexpr_sparse_to_dense` op with inline mask and values (iOS16
+    /// attribute form or iOS18 input form).
+    Sparse,
+}
+
+/// A `const` (or inline sparse constexpr) op whose value some computing op
+/// reads.
 #[derive(Debug, Clone)]
-pub struct ConstWeight {
+pub struct Weight {
     /// Index into [`FunctionIndex::ops`].
     pub op_index: usize,
-    /// The const op's `name` attribute (falls back to the output name).
+    /// How it is stored.
+    pub source: Source,
+    /// The name selection and configs match: a const op's `name` attribute
+    /// (falling back to the output name); for a sparse op its output name,
+    /// which our `prune` keeps equal to the pruned const's name.
     pub const_name: String,
     /// The output value name that consumers bind to.
     pub value_name: String,
@@ -28,22 +48,39 @@ pub struct ConstWeight {
     pub blocked: Option<String>,
 }
 
-impl ConstWeight {
+impl Weight {
     /// Number of elements.
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
 }
 
-/// Every float `const` of at least 10 elements that a computing op reads
-/// (the same definition of "weight" that `info` and coremltools' checker
-/// use), in program order.
-pub fn const_weights(index: &FunctionIndex<'_>) -> Vec<ConstWeight> {
+/// Whether `op` is a `constexpr_sparse_to_dense` whose parameters are all
+/// inline values (no other op feeds it), so that it can be rewritten on its
+/// own.
+pub fn is_inline_sparse(op: &Operation) -> bool {
+    op.r#type == "constexpr_sparse_to_dense"
+        && op.outputs.len() == 1
+        && op.inputs.values().all(|a| {
+            a.arguments
+                .iter()
+                .all(|b| matches!(b.binding, Some(binding::Binding::Value(_))))
+        })
+}
+
+/// Every float `const` (or inline sparse constexpr, see [`Source`]) of at
+/// least 10 elements that a computing op reads (the same definition of
+/// "weight" that `info` and coremltools' checker use), in program order.
+pub fn weights(index: &FunctionIndex<'_>) -> Vec<Weight> {
     let mut out = Vec::new();
     for (i, (_, op)) in index.ops.iter().enumerate() {
-        if op.r#type != "const" || op.outputs.len() != 1 {
+        let source = if op.r#type == "const" && op.outputs.len() == 1 {
+            Source::Const
+        } else if is_inline_sparse(op) {
+            Source::Sparse
+        } else {
             continue;
-        }
+        };
         let o = &op.outputs[0];
         let Some(value_type::Type::TensorType(tt)) =
             o.r#type.as_ref().and_then(|t| t.r#type.as_ref())
@@ -83,9 +120,13 @@ pub fn const_weights(index: &FunctionIndex<'_>) -> Vec<ConstWeight> {
         if consumers.is_empty() {
             continue;
         }
-        out.push(ConstWeight {
+        out.push(Weight {
             op_index: i,
-            const_name: op_name(op).unwrap_or_else(|| o.name.clone()),
+            source,
+            const_name: match source {
+                Source::Const => op_name(op).unwrap_or_else(|| o.name.clone()),
+                Source::Sparse => o.name.clone(),
+            },
             value_name: o.name.clone(),
             dtype,
             shape,
@@ -119,7 +160,7 @@ fn bool_param(index: &FunctionIndex<'_>, op: &Operation, p: &str, blobs: &BlobFi
 /// `Err` when consumers disagree.
 pub fn channel_axis(
     index: &FunctionIndex<'_>,
-    w: &ConstWeight,
+    w: &Weight,
     blobs: &BlobFiles,
 ) -> Result<usize, String> {
     let rank = w.shape.len();
@@ -176,7 +217,7 @@ pub struct Selection {
 
 impl Selection {
     /// `None` if selected, else the reason it is not.
-    pub fn reject(&self, w: &ConstWeight) -> Option<String> {
+    pub fn reject(&self, w: &Weight) -> Option<String> {
         let matches = |r: &Regex| {
             r.is_match(&w.const_name) || w.consumers.iter().any(|(n, _, _)| r.is_match(n))
         };
@@ -199,15 +240,50 @@ impl Selection {
     }
 }
 
-/// Bytes a const weight occupies in its package: its blob record's size, or
-/// the size of its immediate value.
-pub fn stored_bytes(blobs: &BlobFiles, index: &FunctionIndex<'_>, w: &ConstWeight) -> u64 {
+/// Bytes a weight occupies in its package: the sizes of the blob records
+/// its op references (for a const with an immediate value, the size of
+/// that value).
+pub fn stored_bytes(blobs: &BlobFiles, index: &FunctionIndex<'_>, w: &Weight) -> u64 {
     let op = index.ops[w.op_index].1;
-    match op.attributes.get("val").and_then(|v| v.value.as_ref()) {
-        Some(crate::proto::mil::value::Value::BlobFileValue(bv)) => blobs
-            .get(&bv.file_name)
-            .and_then(|f| f.record(bv.offset).ok())
-            .map_or(0, |r| r.size),
-        _ => (w.numel() as u64 * u64::from(w.dtype.bits())).div_ceil(8),
+    let mut total = 0u64;
+    let mut any = false;
+    for v in inline_values(op) {
+        if let Some(value::Value::BlobFileValue(bv)) = &v.value {
+            any = true;
+            total += blobs
+                .get(&bv.file_name)
+                .and_then(|f| f.record(bv.offset).ok())
+                .map_or(0, |r| r.size);
+        }
     }
+    if !any && w.source == Source::Const {
+        total = (w.numel() as u64 * u64::from(w.dtype.bits())).div_ceil(8);
+    }
+    total
+}
+
+/// Every value written on `op` itself: attributes (except `name`) and
+/// inline input bindings, in key order.
+fn inline_values(op: &Operation) -> impl Iterator<Item = &mil::Value> {
+    op.attributes
+        .iter()
+        .filter(|(k, _)| k.as_str() != "name")
+        .map(|(_, v)| v)
+        .chain(op.inputs.values().flat_map(|a| {
+            a.arguments.iter().filter_map(|b| match &b.binding {
+                Some(binding::Binding::Value(v)) => Some(v),
+                _ => None,
+            })
+        }))
+}
+
+/// The weight file a weight's blobs live in (the first one its op
+/// references), where its compressed form is written too.
+pub fn weight_file(op: &Operation) -> String {
+    inline_values(op)
+        .find_map(|v| match &v.value {
+            Some(value::Value::BlobFileValue(bv)) => Some(bv.file_name.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| crate::package::DEFAULT_WEIGHT_FILE.to_string())
 }

@@ -36,8 +36,10 @@ fn walk<'a>(b: &'a Block, f: &mut dyn FnMut(&'a mil::Operation)) {
     }
 }
 
-/// Why `m` cannot simply be relabelled to `to`, if it cannot.
-pub fn upgrade_blockers(m: &Model, to: &Target) -> Option<String> {
+/// Why `m` cannot simply be relabelled to `to`, if it cannot. With
+/// `rewrites_sparse`, iOS16-form `constexpr_sparse_to_dense` ops are no
+/// obstacle: the pass rewrites every one of them in the output's form.
+pub fn upgrade_blockers(m: &Model, to: &Target, rewrites_sparse: bool) -> Option<String> {
     let Some(Type::MlProgram(p)) = &m.r#type else {
         return None;
     };
@@ -58,6 +60,7 @@ pub fn upgrade_blockers(m: &Model, to: &Target) -> Option<String> {
                     "constexpr_lut_to_dense" | "constexpr_sparse_to_dense" | "constexpr_cast"
                 )
                 && op.inputs.is_empty()
+                && !(rewrites_sparse && t == "constexpr_sparse_to_dense")
             {
                 why = Some(format!(
                     "it holds iOS16-form {t} ops, which have other signatures from iOS18 on (run `sdcompress decompress` first)"
@@ -106,13 +109,14 @@ pub fn upgrade(m: &mut Model, to: &Target) {
 /// least `min_spec`, at least iOS16 when anything is compressed (constexpr
 /// ops start there), and iOS18 when `ios18_reason` says a setting needs it
 /// (allowed only with `upgrade`). Refuses upgrades that would change the
-/// meaning of an op.
+/// meaning of an op (see [`upgrade_blockers`] for `rewrites_sparse`).
 pub fn output_target(
     m: &Model,
     any: bool,
     ios18_reason: Option<&str>,
     upgrade: bool,
     min_spec: Option<i32>,
+    rewrites_sparse: bool,
 ) -> Result<&'static Target, String> {
     let cur = program_target(m).ok_or("the program has no known opset")?;
     let mut want = cur.spec.max(min_spec.unwrap_or(0));
@@ -132,7 +136,7 @@ pub fn output_target(
     }
     let out = target_for_spec(want).ok_or("unknown target")?;
     if out.spec > cur.spec {
-        if let Some(why) = upgrade_blockers(m, out) {
+        if let Some(why) = upgrade_blockers(m, out, rewrites_sparse) {
             return Err(format!(
                 "cannot move the program from {} to {}: {why}",
                 cur.ios, out.ios
@@ -142,9 +146,13 @@ pub fn output_target(
     Ok(out)
 }
 
-/// Refuses a package that already holds constexpr (compressed) ops.
-pub fn refuse_compressed(p: &mil::Program, what: &str) -> Result<(), String> {
+/// Refuses a package that already holds constexpr (compressed) ops; with
+/// `sparse_ok`, inline `constexpr_sparse_to_dense` ops (pruned weights, the
+/// input of joint compression) are accepted and only other constexpr ops
+/// are refused.
+pub fn refuse_compressed(p: &mil::Program, what: &str, sparse_ok: bool) -> Result<(), String> {
     let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    let mut other = false;
     for f in p.functions.values() {
         let Some(b) = f.block_specializations.get(&f.opset) else {
             continue;
@@ -152,10 +160,11 @@ pub fn refuse_compressed(p: &mil::Program, what: &str) -> Result<(), String> {
         walk(b, &mut |op| {
             if op.r#type.starts_with("constexpr_") {
                 *counts.entry(op.r#type.as_str()).or_default() += 1;
+                other |= !(sparse_ok && crate::compress::select::is_inline_sparse(op));
             }
         });
     }
-    if counts.is_empty() {
+    if !other {
         return Ok(());
     }
     let list: Vec<String> = counts.iter().map(|(t, n)| format!("{n} {t}")).collect();

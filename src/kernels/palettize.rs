@@ -246,6 +246,57 @@ pub fn palettize_f32(values: &[f32], nbits: u32, mode: Mode) -> Result<Group<f32
     })
 }
 
+/// A weight element type that can be palettized (fp16 and fp32), so that
+/// tensor-level code is written once for both.
+pub trait Element: Copy + Send + Sync + 'static {
+    /// Per-thread reusable buffers.
+    type Scratch: Default + Send;
+    /// The zero of the type (unused LUT entries, empty groups).
+    const ZERO: Self;
+    /// Palettizes one group into `2^nbits` entries.
+    fn palettize(
+        values: &[Self],
+        nbits: u32,
+        mode: Mode,
+        sc: &mut Self::Scratch,
+    ) -> Result<Group<Self>, GroupError>;
+    /// The bit pattern (distinct patterns are distinct LUT entries in
+    /// `unique` mode).
+    fn pattern(self) -> u32;
+}
+
+impl Element for f16 {
+    type Scratch = Scratch16;
+    const ZERO: Self = f16::ZERO;
+    fn palettize(
+        values: &[Self],
+        nbits: u32,
+        mode: Mode,
+        sc: &mut Scratch16,
+    ) -> Result<Group<Self>, GroupError> {
+        palettize_f16(values, nbits, mode, sc)
+    }
+    fn pattern(self) -> u32 {
+        u32::from(self.to_bits())
+    }
+}
+
+impl Element for f32 {
+    type Scratch = ();
+    const ZERO: Self = 0.0;
+    fn palettize(
+        values: &[Self],
+        nbits: u32,
+        mode: Mode,
+        _: &mut (),
+    ) -> Result<Group<Self>, GroupError> {
+        palettize_f32(values, nbits, mode)
+    }
+    fn pattern(self) -> u32 {
+        self.to_bits()
+    }
+}
+
 /// Index of the entry of sorted `lut` nearest to `x` (lower on ties).
 fn nearest(lut: &[f64], x: f64) -> usize {
     let p = lut.partition_point(|&c| c < x);

@@ -8,10 +8,21 @@
 //! - n:m: in every run of `m` consecutive elements along the pruned axis,
 //!   exactly `n` are pruned (coremltools' `n_m_ratio` meaning: n of every m
 //!   are zeroed), the smallest by |w|, ties by position.
+//! - Blocks: runs of `block` consecutive elements along the pruned axis (at
+//!   a fixed position on every other axis; the last run of an axis that is
+//!   not a multiple of `block` is shorter) are pruned whole. Each block is
+//!   scored by its L2 norm, as in coremltools' `OpMagnitudePrunerConfig`
+//!   with `block_size` (whose zero padding adds nothing to a norm), and
+//!   exactly `round(sparsity · blocks)` blocks are pruned, smallest norm
+//!   first, ties by position. On an axis divisible by `block` that is
+//!   `block · round(sparsity · numel / block)` zeros. (coremltools prunes
+//!   every element whose block norm is `<=` a numpy percentile of the
+//!   element-wise norm map, which can overshoot and split nothing finer.)
 //!
 //! Layout helpers describe a tensor as `(outer, axis length, inner)` around
 //! the pruned axis, row-major.
 
+use half::f16;
 use std::cmp::Ordering;
 
 /// Order of pruning: smaller magnitude first, then earlier position.
@@ -44,6 +55,46 @@ pub fn magnitude_mask(magnitudes: &[f32], sparsity: f64) -> Vec<bool> {
     keep
 }
 
+/// [`magnitude_mask`] for fp16 weights without sorting: the magnitude of a
+/// finite fp16 value is ordered like its bit pattern without the sign bit,
+/// so a histogram of those 15-bit keys gives the threshold key, and one
+/// pass prunes every element below it plus the earliest elements at it.
+/// O(n) time and 256 KiB of counters, instead of a 16-byte (|w|, position)
+/// pair per element. `values` must be finite.
+pub fn magnitude_mask_f16(values: &[f16], sparsity: f64) -> Vec<bool> {
+    let n = values.len();
+    let k = prune_count(n, sparsity);
+    if k == 0 {
+        return vec![true; n];
+    }
+    let key = |v: &f16| (v.to_bits() & 0x7fff) as usize;
+    let mut counts = vec![0usize; 1 << 15];
+    for v in values {
+        counts[key(v)] += 1;
+    }
+    // The smallest threshold key whose cumulative count reaches k.
+    let (mut below, mut t) = (0usize, 0usize);
+    while below + counts[t] < k {
+        below += counts[t];
+        t += 1;
+    }
+    let mut at_threshold = k - below;
+    values
+        .iter()
+        .map(|v| {
+            let c = key(v);
+            if c < t {
+                false
+            } else if c == t && at_threshold > 0 {
+                at_threshold -= 1;
+                false
+            } else {
+                true
+            }
+        })
+        .collect()
+}
+
 /// Keep-mask for n:m sparsity along the middle axis of an
 /// `(outer, len, inner)` layout: each run of `m` consecutive positions
 /// along that axis loses its `n` smallest. `len % m` must be 0.
@@ -72,6 +123,58 @@ pub fn nm_mask(
                     keep[p] = false;
                 }
             }
+        }
+    }
+    keep
+}
+
+/// Keep-mask pruning whole blocks along the middle axis of an
+/// `(outer, len, inner)` layout: block `b` at `(o, i)` holds positions
+/// `(o, b·block .. min((b+1)·block, len), i)`. Exactly
+/// `round(sparsity · blocks)` blocks go, smallest L2 norm first, ties by
+/// position. `values` must be finite; `block >= 1`.
+pub fn block_mask(
+    values: &[f32],
+    outer: usize,
+    len: usize,
+    inner: usize,
+    block: usize,
+    sparsity: f64,
+) -> Vec<bool> {
+    debug_assert_eq!(values.len(), outer * len * inner);
+    debug_assert!(block > 0);
+    let per_axis = len.div_ceil(block);
+    let nblocks = outer * per_axis * inner;
+    // Blocks in position order: (o, b, i) lexicographic is the row-major
+    // order of their first elements.
+    let mut scores: Vec<(f64, usize)> = Vec::with_capacity(nblocks);
+    for o in 0..outer {
+        for b in 0..per_axis {
+            for i in 0..inner {
+                let mut s = 0.0f64;
+                for t in b * block..((b + 1) * block).min(len) {
+                    let v = f64::from(values[(o * len + t) * inner + i]);
+                    s += v * v;
+                }
+                // The squared norm orders blocks as the norm does.
+                scores.push((s, scores.len()));
+            }
+        }
+    }
+    let k = prune_count(nblocks, sparsity);
+    let mut keep = vec![true; values.len()];
+    if k == 0 {
+        return keep;
+    }
+    if k < nblocks {
+        scores.select_nth_unstable_by(k - 1, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    }
+    for &(_, id) in &scores[..k] {
+        let i = id % inner;
+        let ob = id / inner;
+        let (o, b) = (ob / per_axis, ob % per_axis);
+        for t in b * block..((b + 1) * block).min(len) {
+            keep[(o * len + t) * inner + i] = false;
         }
     }
     keep
@@ -124,6 +227,66 @@ mod tests {
                 }
             }
         }
+    }
+
+    proptest! {
+        #[test]
+        fn whole_blocks_by_norm(outer in 1usize..4, len in 1usize..13, inner in 1usize..4,
+                                block in 1usize..5, s in 0.0f64..1.0, seed in any::<u64>()) {
+            let total = outer * len * inner;
+            let mut x = seed | 1;
+            // Few distinct values, so that ties happen.
+            let vals: Vec<f32> = (0..total).map(|_| { x ^= x << 13; x ^= x >> 7; x ^= x << 17; (x % 5) as f32 - 2.0 }).collect();
+            let keep = block_mask(&vals, outer, len, inner, block, s);
+            let per_axis = len.div_ceil(block);
+            let mut pruned_blocks = 0;
+            let mut pruned_norms = Vec::new();
+            let mut kept_norms = Vec::new();
+            for o in 0..outer {
+                for b in 0..per_axis {
+                    for i in 0..inner {
+                        let pos: Vec<usize> = (b * block..((b + 1) * block).min(len)).map(|t| (o * len + t) * inner + i).collect();
+                        let z = pos.iter().filter(|&&p| !keep[p]).count();
+                        // A block is pruned whole or not at all.
+                        prop_assert!(z == 0 || z == pos.len());
+                        let norm: f64 = pos.iter().map(|&p| f64::from(vals[p]).powi(2)).sum();
+                        if z > 0 { pruned_blocks += 1; pruned_norms.push(norm) } else { kept_norms.push(norm) }
+                    }
+                }
+            }
+            prop_assert_eq!(pruned_blocks, prune_count(outer * per_axis * inner, s));
+            let mx = pruned_norms.iter().copied().fold(f64::MIN, f64::max);
+            let mn = kept_norms.iter().copied().fold(f64::MAX, f64::min);
+            prop_assert!(mx <= mn);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn f16_histogram_path_equals_sorting(raw in prop::collection::vec(any::<u16>(), 1..600), s in 0.0f64..1.0) {
+            // Any finite fp16 bit pattern, both zeros, many ties.
+            let vals: Vec<f16> = raw.iter().map(|&b| {
+                let v = f16::from_bits((b % 24) | (b & 0x8000) | if b & 0x4000 != 0 { 0x3c00 } else { 0 });
+                if v.is_finite() { v } else { f16::ZERO }
+            }).collect();
+            let mags: Vec<f32> = vals.iter().map(|v| v.to_f32().abs()).collect();
+            prop_assert_eq!(magnitude_mask_f16(&vals, s), magnitude_mask(&mags, s));
+        }
+    }
+
+    #[test]
+    fn block_example_of_coremltools_docs() {
+        // The 4 x 2 example of OpMagnitudePrunerConfig (block_size 2 along
+        // axis 0, 50%): the blocks with norms 6.08 and 3.61 go.
+        let w = [1.0f32, 3.0, -6.0, -7.0, 0.0, 3.0, -9.0, 2.0];
+        // Axis 0 as the middle axis: outer 1, len 4, inner 2.
+        let keep = block_mask(&w, 1, 4, 2, 2, 0.5);
+        let pruned: Vec<f32> = w
+            .iter()
+            .zip(&keep)
+            .map(|(v, k)| if *k { *v } else { 0.0 })
+            .collect();
+        assert_eq!(pruned, [0.0, 3.0, 0.0, -7.0, 0.0, 0.0, -9.0, 0.0]);
     }
 
     #[test]

@@ -17,6 +17,17 @@ use crate::kernels::bits;
 use crate::proto::mil::Operation;
 use half::f16;
 
+/// The stored parts of a `constexpr_sparse_to_dense` op.
+#[derive(Debug, Clone)]
+pub struct SparseParts {
+    /// Dense shape.
+    pub shape: Vec<usize>,
+    /// One 0/1 byte per dense element, row-major.
+    pub mask: Vec<u8>,
+    /// The values at the 1-positions, row-major (rank 1).
+    pub nonzero_data: Tensor,
+}
+
 /// Resolves parameters of constexpr ops within one function.
 pub struct Evaluator<'i, 'a> {
     index: &'i FunctionIndex<'a>,
@@ -90,6 +101,56 @@ impl<'i, 'a> Evaluator<'i, 'a> {
             .ok_or_else(|| MilError::invalid(op_label(op), format!("missing parameter '{p}'")))
     }
 
+    /// The parts of a `constexpr_sparse_to_dense` op (either form): the
+    /// dense shape, the unpacked mask (0/1 per element) and the values.
+    pub fn sparse_parts(&mut self, op: &Operation) -> Result<SparseParts, MilError> {
+        let ctx = op_label(op);
+        let nz = self.required(op, "nonzero_data")?;
+        let mask = self.required(op, "mask")?;
+        let (shape, m) = if let Some(shape) = self.param(op, "shape")? {
+            let shape = shape_vec(&shape, &ctx)?;
+            let n = numel(&shape, &ctx)?;
+            let bytes = mask
+                .to_storage_bytes()
+                .ok_or_else(|| MilError::invalid(&ctx, "bad mask"))?;
+            if mask.dtype != DType::Uint8 || bytes.len() != n.div_ceil(8) {
+                return Err(MilError::invalid(
+                    &ctx,
+                    format!("mask must be uint8[{}] for shape {shape:?}", n.div_ceil(8)),
+                ));
+            }
+            let m =
+                bits::unpack(&bytes, 1, n).ok_or_else(|| MilError::invalid(&ctx, "short mask"))?;
+            (shape, m)
+        } else {
+            if mask.dtype != DType::Uint1 {
+                return Err(MilError::invalid(
+                    &ctx,
+                    format!("mask must be uint1, found {}", mask.dtype),
+                ));
+            }
+            let Data::U8(m) = mask.data else {
+                unreachable!("uint1 decodes to U8")
+            };
+            (mask.shape, m)
+        };
+        let ones = m.iter().filter(|&&b| b != 0).count();
+        if nz.shape.len() != 1 || nz.numel() != ones {
+            return Err(MilError::invalid(
+                &ctx,
+                format!(
+                    "mask has {ones} set bits but nonzero_data has shape {:?}",
+                    nz.shape
+                ),
+            ));
+        }
+        Ok(SparseParts {
+            shape,
+            mask: m,
+            nonzero_data: nz,
+        })
+    }
+
     /// Materialises every output of constexpr op `op`.
     pub fn materialize(&mut self, op: &Operation) -> Result<Vec<Tensor>, MilError> {
         let ctx = op_label(op);
@@ -105,35 +166,8 @@ impl<'i, 'a> Evaluator<'i, 'a> {
                 }
             }
             "constexpr_sparse_to_dense" => {
-                let nz = self.required(op, "nonzero_data")?;
-                let mask = self.required(op, "mask")?;
-                if let Some(shape) = self.param(op, "shape")? {
-                    let shape = shape_vec(&shape, &ctx)?;
-                    let n = numel(&shape, &ctx)?;
-                    let bytes = mask
-                        .to_storage_bytes()
-                        .ok_or_else(|| MilError::invalid(&ctx, "bad mask"))?;
-                    if mask.dtype != DType::Uint8 || bytes.len() != n.div_ceil(8) {
-                        return Err(MilError::invalid(
-                            &ctx,
-                            format!("mask must be uint8[{}] for shape {shape:?}", n.div_ceil(8)),
-                        ));
-                    }
-                    let m = bits::unpack(&bytes, 1, n)
-                        .ok_or_else(|| MilError::invalid(&ctx, "short mask"))?;
-                    vec![scatter(&nz, &m, shape, &ctx)?]
-                } else {
-                    if mask.dtype != DType::Uint1 {
-                        return Err(MilError::invalid(
-                            &ctx,
-                            format!("mask must be uint1, found {}", mask.dtype),
-                        ));
-                    }
-                    let Data::U8(m) = &mask.data else {
-                        unreachable!("uint1 decodes to U8")
-                    };
-                    vec![scatter(&nz, m, mask.shape.clone(), &ctx)?]
-                }
+                let p = self.sparse_parts(op)?;
+                vec![scatter(&p.nonzero_data, &p.mask, p.shape, &ctx)?]
             }
             "constexpr_affine_dequantize" => {
                 let q = self.required(op, "quantized_data")?;
