@@ -79,7 +79,7 @@ timed() {
         END { printf "%.2f %.2f %d\n", w, u + s, r }' "$tmp/$name.tv" >"$tmp/$name.time"
 }
 field() { cut -d' ' -f"$2" "$tmp/$1.time"; }
-wbytes() { find "$1/Data/com.apple.CoreML/weights" -type f -printf '%s\n' | awk '{ s += $1 } END { printf "%d\n", s }'; }
+wbytes() { find "$1/Data/com.apple.CoreML/weights" -type f -printf '%s\n' | awk '{ s += $1 } END { printf "%.0f\n", s }'; }
 
 # compare ID INPUT: both tools on INPUT for every sparsity, one table row each.
 compare() {
