@@ -1,0 +1,120 @@
+//! `sdcompress run`: the model's outputs for every calibration sample.
+
+use super::args::{InterpArgs, RunArgs};
+use super::progress::bar_of;
+use anyhow::{bail, Result};
+use sdcompress::interp::calib::{write_safetensors, CalibSet};
+use sdcompress::interp::{Interpreter, Options};
+use sdcompress::package::Package;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+/// The worker pool for `--threads`. gemm sizes its work split from
+/// `RAYON_NUM_THREADS`, so that is set too (before any thread starts).
+pub(super) fn interp_pool(a: &InterpArgs) -> Result<rayon::ThreadPool> {
+    if let Some(n) = a.threads {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    super::thread_pool(a.threads)
+}
+
+/// Loads a package into an interpreter.
+pub(super) fn load(model: &Path, a: &InterpArgs) -> Result<Interpreter> {
+    let pkg = Package::open(model)?;
+    let opts = Options {
+        round_fp16: a.round_fp16,
+    };
+    Ok(Interpreter::load(&pkg, opts)?)
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+pub fn run(a: RunArgs, quiet: bool) -> Result<u8> {
+    let t0 = Instant::now();
+    let pool = interp_pool(&a.interp)?;
+    if same_file(&a.output, &a.interp.inputs) {
+        bail!(
+            "{}: output is the --inputs file; sdcompress never overwrites its input",
+            a.output.display()
+        );
+    }
+    if let (Ok(o), Ok(m)) = (
+        a.output
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .canonicalize(),
+        a.model.canonicalize(),
+    ) {
+        if o.starts_with(&m) {
+            bail!("{}: output is inside the model package", a.output.display());
+        }
+    }
+    let interp = load(&a.model, &a.interp)?;
+    let calib = CalibSet::open(&a.interp.inputs, interp.inputs(), a.interp.samples)?;
+    let n = calib.samples();
+    let pb = bar_of(n as u64, "run", "samples", quiet);
+    let mut data: Vec<(Vec<usize>, Vec<f32>)> =
+        vec![(Vec::new(), Vec::new()); interp.outputs().len()];
+    let t_run = Instant::now();
+    for i in 0..n {
+        let x = calib.sample(i)?;
+        let outs = pool.install(|| interp.run(&x, None))?;
+        for (d, t) in data.iter_mut().zip(&outs) {
+            d.0 = t.dims().to_vec();
+            d.1.extend(t.flatten_all()?.to_vec1::<f32>()?);
+        }
+        pb.set_position(i as u64 + 1);
+    }
+    pb.finish_and_clear();
+    let per_sample = t_run.elapsed().as_secs_f64() / n.max(1) as f64;
+    let mut tensors = BTreeMap::new();
+    for (spec, (shape, v)) in interp.outputs().iter().zip(data) {
+        let mut s = vec![n];
+        s.extend(shape);
+        tensors.insert(spec.name.clone(), (s, v));
+    }
+    let metadata: BTreeMap<String, String> = [
+        ("format", "sdcompress.run/1".to_string()),
+        ("model", a.model.display().to_string()),
+        ("inputs", a.interp.inputs.display().to_string()),
+        ("samples", n.to_string()),
+        (
+            "layout",
+            "every key is a model output stacked along a new leading sample axis: key[i] is the output for sample i".to_string(),
+        ),
+        (
+            "numerics",
+            if a.interp.round_fp16 { "fp32 compute, fp16 values rounded after each op" } else { "fp32 compute" }.to_string(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    write_safetensors(&a.output, a.force, &tensors, &metadata)?;
+    if !quiet {
+        let outs: Vec<String> = interp
+            .outputs()
+            .iter()
+            .map(|o| format!("{} {}", o.name, o.shape_text()))
+            .collect();
+        eprintln!(
+            "wrote {}: {n} samples of {} ({} ops per pass), {:.3}s per sample, {:.2}s total",
+            a.output.display(),
+            outs.join(", "),
+            interp.step_count(),
+            per_sample,
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    Ok(super::EXIT_OK)
+}
