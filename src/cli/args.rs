@@ -272,6 +272,9 @@ pub struct RunArgs {
     /// Replace the output if it exists.
     #[arg(long)]
     pub force: bool,
+    /// Print the time spent per op type on stderr.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 /// `sdcompress eval`.

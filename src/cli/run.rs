@@ -4,7 +4,7 @@ use super::args::{InterpArgs, RunArgs};
 use super::progress::bar_of;
 use anyhow::{bail, Result};
 use sdcompress::interp::calib::{write_safetensors, CalibSet};
-use sdcompress::interp::{Interpreter, Options};
+use sdcompress::interp::{Interpreter, Options, Profile};
 use sdcompress::package::Package;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -66,9 +66,11 @@ pub fn run(a: RunArgs, quiet: bool) -> Result<u8> {
     let mut data: Vec<(Vec<usize>, Vec<f32>)> =
         vec![(Vec::new(), Vec::new()); interp.outputs().len()];
     let t_run = Instant::now();
+    let mut profile = Profile::new();
     for i in 0..n {
         let x = calib.sample(i)?;
-        let outs = pool.install(|| interp.run(&x, None))?;
+        let prof = a.profile.then_some(&mut profile);
+        let outs = pool.install(|| interp.run_profiled(&x, None, prof))?;
         for (d, t) in data.iter_mut().zip(&outs) {
             d.0 = t.dims().to_vec();
             d.1.extend(t.flatten_all()?.to_vec1::<f32>()?);
@@ -101,6 +103,23 @@ pub fn run(a: RunArgs, quiet: bool) -> Result<u8> {
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     write_safetensors(&a.output, a.force, &tensors, &metadata)?;
+    if a.profile {
+        let total: f64 = profile.values().map(|(_, d)| d.as_secs_f64()).sum();
+        let mut rows: Vec<_> = profile.iter().collect();
+        rows.sort_by(|x, y| y.1 .1.cmp(&x.1 .1));
+        eprintln!(
+            "{:<32} {:>7} {:>10} {:>6}",
+            "op type", "ops", "ms/sample", "share"
+        );
+        for (t, (k, d)) in rows {
+            eprintln!(
+                "{t:<32} {:>7} {:>10.2} {:>5.1}%",
+                k / n.max(1),
+                d.as_secs_f64() * 1e3 / n.max(1) as f64,
+                100.0 * d.as_secs_f64() / total.max(1e-12)
+            );
+        }
+    }
     if !quiet {
         let outs: Vec<String> = interp
             .outputs()

@@ -46,7 +46,7 @@ mod program;
 mod value;
 
 pub use hooks::{ConvGeometry, Hook, WeightKind, WeightOp};
-pub use program::{Interpreter, IoSpec, Options};
+pub use program::{Interpreter, IoSpec, Options, Profile, WeightOpInfo};
 pub use value::Value;
 
 use std::path::PathBuf;

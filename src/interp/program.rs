@@ -87,6 +87,9 @@ struct Step {
     weight: Option<WeightRef>,
 }
 
+/// Time per op type: (ops run, total wall time).
+pub type Profile = BTreeMap<String, (usize, std::time::Duration)>;
+
 /// Facts about an op with a const weight (see [`Interpreter::weight_ops`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WeightOpInfo {
@@ -407,6 +410,19 @@ impl Interpreter {
         self.steps.len()
     }
 
+    /// The largest number of run-time values alive at once during a pass
+    /// (function inputs included), from the liveness plan.
+    pub fn peak_live_values(&self) -> usize {
+        let mut live = self.input_slots.len();
+        let mut peak = live;
+        for st in &self.steps {
+            live += st.out_slots.len();
+            peak = peak.max(live);
+            live -= st.free.len();
+        }
+        peak
+    }
+
     /// Every op whose weight is a compile-time value, in program order.
     pub fn weight_ops(&self) -> Vec<WeightOpInfo> {
         self.steps
@@ -466,6 +482,17 @@ impl Interpreter {
     /// its declared dtype first. Returns the outputs as f32, in the order of
     /// [`Interpreter::outputs`].
     pub fn run(&self, inputs: &[Tensor], hook: Option<&mut dyn Hook>) -> Result<Vec<Tensor>> {
+        self.run_profiled(inputs, hook, None)
+    }
+
+    /// [`Interpreter::run`], adding the wall time of every op to `profile`
+    /// (by op type).
+    pub fn run_profiled(
+        &self,
+        inputs: &[Tensor],
+        hook: Option<&mut dyn Hook>,
+        mut profile: Option<&mut Profile>,
+    ) -> Result<Vec<Tensor>> {
         let mut hook = hook;
         if inputs.len() != self.inputs.len() {
             return Err(InterpError::Usage(format!(
@@ -496,6 +523,7 @@ impl Interpreter {
             });
         }
         for st in &self.steps {
+            let t0 = profile.as_ref().map(|_| std::time::Instant::now());
             let outs = {
                 let ctx = OpCtx {
                     params: &st.params,
@@ -541,6 +569,11 @@ impl Interpreter {
             }
             for &s in &st.free {
                 slots[s] = None;
+            }
+            if let (Some(p), Some(t0)) = (profile.as_mut(), t0) {
+                let e = p.entry(st.op_type.clone()).or_default();
+                e.0 += 1;
+                e.1 += t0.elapsed();
             }
         }
         let mut out = Vec::with_capacity(self.output_args.len());

@@ -8,7 +8,7 @@
 //! output size is `⌈i/s⌉`. Output size is `⌊(i + pads − ((k − 1)·d + 1)) / s⌋
 //! + 1`. A 1×1 convolution with stride 1 and no padding skips im2col.
 
-use super::util::{f32t, from_f32, with_f32};
+use super::util::{channel_affine, f32_vec, f32t, from_f32, with_f32};
 use super::{bail, OpCtx, OpError, Registry};
 use crate::interp::ConvGeometry;
 use candle_core::Tensor;
@@ -161,7 +161,7 @@ pub fn conv(
                 b.elem_count()
             ));
         }
-        y = y.broadcast_add(&b.reshape((1, o, 1, 1))?)?;
+        y = channel_affine(&y, None, Some(&f32_vec(b)?))?;
     }
     if one_d {
         y = y.squeeze(2)?;

@@ -7,21 +7,22 @@
 //! an `epsilon` use coremltools' defaults: `rsqrt` 1e-12, `inverse` 1e-4,
 //! `log` 1e-45 (`log(x + eps)`). `round` rounds half to even.
 
-use super::util::{broadcast_shape, f32t, from_f32, with_f32};
+use super::util::{broadcast_f32, broadcast_shape, f32t, from_f32, with_f32};
 use super::{OpCtx, OpError, Registry};
 use candle_core::{DType as CD, Tensor};
 
 /// Registers this family.
 pub fn register(r: &mut Registry) {
-    r.insert("add", |c| arith(c, |a, b| a.broadcast_add(b)));
-    r.insert("sub", |c| arith(c, |a, b| a.broadcast_sub(b)));
-    r.insert("mul", |c| arith(c, |a, b| a.broadcast_mul(b)));
-    r.insert("real_div", |c| {
-        let (x, y) = floats(c)?;
-        Ok(vec![x.broadcast_div(&y)?])
+    r.insert("add", |c| arith(c, |a, b| a.broadcast_add(b), |a, b| a + b));
+    r.insert("sub", |c| arith(c, |a, b| a.broadcast_sub(b), |a, b| a - b));
+    r.insert("mul", |c| arith(c, |a, b| a.broadcast_mul(b), |a, b| a * b));
+    r.insert("real_div", |c| zip(c, |a, b| a / b));
+    r.insert("maximum", |c| {
+        arith(c, |a, b| a.broadcast_maximum(b), f32::max)
     });
-    r.insert("maximum", |c| arith(c, |a, b| a.broadcast_maximum(b)));
-    r.insert("minimum", |c| arith(c, |a, b| a.broadcast_minimum(b)));
+    r.insert("minimum", |c| {
+        arith(c, |a, b| a.broadcast_minimum(b), f32::min)
+    });
     r.insert("pow", |c| zip(c, f32::powf));
     r.insert("floor_div", |c| zip(c, |a, b| (a / b).floor()));
     r.insert("mod", |c| zip(c, |a, b| a - (a / b).floor() * b));
@@ -129,18 +130,18 @@ fn floats(c: &OpCtx<'_>) -> Result<(Tensor, Tensor), OpError> {
     Ok((f32t(c.tensor("x")?)?, f32t(c.tensor("y")?)?))
 }
 
+/// Integer operands (shape arithmetic) go through candle in i64 so they
+/// stay exact; floats (and bools) through [`broadcast_f32`].
 fn arith(
     c: &OpCtx<'_>,
-    f: impl Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
+    int: impl Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
+    float: impl Fn(f32, f32) -> f32 + Sync,
 ) -> Result<Vec<Tensor>, OpError> {
     let (a, b) = operands(c)?;
-    // candle has no arithmetic on u8 (bools); compute those as f32.
-    let (a, b) = if a.dtype() == CD::U8 {
-        (f32t(&a)?, f32t(&b)?)
-    } else {
-        (a, b)
-    };
-    Ok(vec![f(&a, &b)?])
+    if a.dtype() == CD::I64 {
+        return Ok(vec![int(&a, &b)?]);
+    }
+    Ok(vec![broadcast_f32(&a, &b, float)?])
 }
 
 fn compare(
@@ -152,25 +153,9 @@ fn compare(
 }
 
 /// Elementwise `f` over broadcast `x` and `y` in f32.
-fn zip(c: &OpCtx<'_>, f: impl Fn(f32, f32) -> f32) -> Result<Vec<Tensor>, OpError> {
+fn zip(c: &OpCtx<'_>, f: impl Fn(f32, f32) -> f32 + Sync) -> Result<Vec<Tensor>, OpError> {
     let (a, b) = floats(c)?;
-    Ok(vec![zip_f32(&a, &b, f)?])
-}
-
-/// Elementwise `f` over two tensors broadcast NumPy-style.
-pub fn zip_f32(a: &Tensor, b: &Tensor, f: impl Fn(f32, f32) -> f32) -> Result<Tensor, OpError> {
-    let shape = broadcast_shape(a.dims(), b.dims())?;
-    let a = a.broadcast_as(shape.as_slice())?;
-    let b = b.broadcast_as(shape.as_slice())?;
-    let out = with_f32(&a, |x| {
-        with_f32(&b, |y| {
-            x.iter()
-                .zip(y)
-                .map(|(&p, &q)| f(p, q))
-                .collect::<Vec<f32>>()
-        })
-    })??;
-    from_f32(out, &shape)
+    Ok(vec![broadcast_f32(&a, &b, f)?])
 }
 
 /// Elementwise `f` over `x` in f32.

@@ -18,7 +18,7 @@
 //! and variances accumulate in f64 (two passes), so a long row of large
 //! values does not lose the variance.
 
-use super::util::{axes, f32t, from_f32, with_f32};
+use super::util::{axes, channel_affine, f32_vec, f32t, from_f32, with_f32};
 use super::{bail, OpCtx, OpError, Registry};
 use candle_core::Tensor;
 use rayon::prelude::*;
@@ -169,40 +169,34 @@ fn normalize(src: &[f32], outer: usize, len: usize, inner: usize, eps: f64) -> V
     out
 }
 
-/// Reshapes a per-channel vector to broadcast along axis 1 of rank `rank`.
-fn per_channel(v: &Tensor, ch: usize, rank: usize, what: &str) -> Result<Tensor, OpError> {
-    if v.elem_count() != ch {
-        return bail(format!(
-            "{what} has {} values for {ch} channels",
-            v.elem_count()
-        ));
-    }
-    let mut shape = vec![1usize; rank];
-    shape[1] = ch;
-    Ok(f32t(v)?.reshape(shape)?)
-}
-
 fn batch_norm(c: &OpCtx<'_>) -> Result<Vec<Tensor>, OpError> {
     let x = f32t(c.tensor("x")?)?;
     if x.rank() < 2 {
         return bail("batch_norm: x must have rank >= 2");
     }
-    let (rank, ch) = (x.rank(), x.dims()[1]);
+    let ch = x.dims()[1];
     let eps = c.float_or("epsilon", 1e-5)?;
-    let mean = per_channel(c.tensor("mean")?, ch, rank, "mean")?;
-    let var = per_channel(c.tensor("variance")?, ch, rank, "variance")?;
-    let y = x
-        .broadcast_sub(&mean)?
-        .broadcast_div(&(var + eps)?.sqrt()?)?;
-    let y = match c.opt_tensor("gamma")? {
-        Some(g) => y.broadcast_mul(&per_channel(g, ch, rank, "gamma")?)?,
-        None => y,
-    };
-    let y = match c.opt_tensor("beta")? {
-        Some(b) => y.broadcast_add(&per_channel(b, ch, rank, "beta")?)?,
-        None => y,
-    };
-    Ok(vec![y])
+    let mean = channel_values(c.tensor("mean")?, ch, "mean")?;
+    let var = channel_values(c.tensor("variance")?, ch, "variance")?;
+    let gamma = c
+        .opt_tensor("gamma")?
+        .map(|g| channel_values(g, ch, "gamma"))
+        .transpose()?;
+    let beta = c
+        .opt_tensor("beta")?
+        .map(|b| channel_values(b, ch, "beta"))
+        .transpose()?;
+    // One pass: y = x·k + (β − μ·k) with k = γ/√(σ² + ε).
+    let k: Vec<f32> = (0..ch)
+        .map(|i| {
+            let g = gamma.as_ref().map_or(1.0, |g| f64::from(g[i]));
+            (g / (f64::from(var[i]) + eps).sqrt()) as f32
+        })
+        .collect();
+    let shift: Vec<f32> = (0..ch)
+        .map(|i| beta.as_ref().map_or(0.0, |b| b[i]) - mean[i] * k[i])
+        .collect();
+    Ok(vec![channel_affine(&x, Some(&k), Some(&shift))?])
 }
 
 fn instance_norm(c: &OpCtx<'_>) -> Result<Vec<Tensor>, OpError> {
@@ -210,7 +204,7 @@ fn instance_norm(c: &OpCtx<'_>) -> Result<Vec<Tensor>, OpError> {
     if x.rank() < 3 {
         return bail("instance_norm: x must have rank >= 3");
     }
-    let (rank, ch) = (x.rank(), x.dims()[1]);
+    let ch = x.dims()[1];
     let eps = c.float_or("epsilon", 1e-5)?;
     let rows = x.dims()[0] * ch;
     let spatial = x.elem_count() / rows.max(1);
@@ -218,15 +212,26 @@ fn instance_norm(c: &OpCtx<'_>) -> Result<Vec<Tensor>, OpError> {
         with_f32(&x, |s| normalize(s, rows, spatial, 1, eps))?,
         x.dims(),
     )?;
-    let y = match c.opt_tensor("gamma")? {
-        Some(g) => y.broadcast_mul(&per_channel(g, ch, rank, "gamma")?)?,
-        None => y,
-    };
-    let y = match c.opt_tensor("beta")? {
-        Some(b) => y.broadcast_add(&per_channel(b, ch, rank, "beta")?)?,
-        None => y,
-    };
-    Ok(vec![y])
+    let gamma = c
+        .opt_tensor("gamma")?
+        .map(|g| channel_values(g, ch, "gamma"))
+        .transpose()?;
+    let beta = c
+        .opt_tensor("beta")?
+        .map(|b| channel_values(b, ch, "beta"))
+        .transpose()?;
+    Ok(vec![channel_affine(&y, gamma.as_deref(), beta.as_deref())?])
+}
+
+/// A per-channel parameter as f32 values, checked against the channel count.
+fn channel_values(v: &Tensor, ch: usize, what: &str) -> Result<Vec<f32>, OpError> {
+    if v.elem_count() != ch {
+        return bail(format!(
+            "{what} has {} values for {ch} channels",
+            v.elem_count()
+        ));
+    }
+    f32_vec(v)
 }
 
 fn l2_norm(c: &OpCtx<'_>) -> Result<Vec<Tensor>, OpError> {
