@@ -629,7 +629,7 @@ fn matmul_ref(a: &[f32], ad: &[usize], b: &[f32], bd: &[usize]) -> (Vec<usize>, 
 
 #[test]
 fn matmul_broadcasts_batches_and_promotes_vectors() {
-    let a = noise(2 * 1 * 3 * 4, 11);
+    let a = noise(2 * 3 * 4, 11); // x is [2, 1, 3, 4]
     let b = noise(5 * 4 * 2, 12);
     let got = op(
         "matmul",

@@ -106,7 +106,7 @@ pub fn run(a: RunArgs, quiet: bool) -> Result<u8> {
     if a.profile {
         let total: f64 = profile.values().map(|(_, d)| d.as_secs_f64()).sum();
         let mut rows: Vec<_> = profile.iter().collect();
-        rows.sort_by(|x, y| y.1 .1.cmp(&x.1 .1));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.1 .1));
         eprintln!(
             "{:<32} {:>7} {:>10} {:>6}",
             "op type", "ops", "ms/sample", "share"

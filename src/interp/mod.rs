@@ -55,35 +55,11 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum InterpError {
     /// The program uses an op the interpreter does not implement.
-    #[error("{path}: unsupported op '{op_type}' (op #{position} '{name}' producing '{output}' in function '{function}')")]
-    UnsupportedOp {
-        /// The model file.
-        path: PathBuf,
-        /// Function name.
-        function: String,
-        /// The op type.
-        op_type: String,
-        /// The op's name.
-        name: String,
-        /// Its first output.
-        output: String,
-        /// Index of the op in program order (consts included).
-        position: usize,
-    },
+    #[error("{}: unsupported op '{}' (op #{} '{}' producing '{}' in function '{}')", .0.path.display(), .0.op_type, .0.position, .0.name, .0.output, .0.function)]
+    UnsupportedOp(Box<OpSite>),
     /// An op failed or is malformed.
-    #[error("{path}: op #{position} '{name}' ({op_type}): {reason}")]
-    Op {
-        /// The model file.
-        path: PathBuf,
-        /// Index of the op in program order.
-        position: usize,
-        /// The op's name.
-        name: String,
-        /// The op type.
-        op_type: String,
-        /// What is wrong.
-        reason: String,
-    },
+    #[error("{}: op #{} '{}' ({}): {}", .0.path.display(), .0.position, .0.name, .0.op_type, .0.reason)]
+    Op(Box<OpSite>),
     /// The program (not one op) is malformed or unsupported.
     #[error("{path}: {reason}")]
     Program {
@@ -106,6 +82,25 @@ pub enum InterpError {
     /// A value of the program could not be decoded.
     #[error(transparent)]
     Lib(#[from] crate::Error),
+}
+
+/// Where an op error happened, and what it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpSite {
+    /// The model file.
+    pub path: PathBuf,
+    /// Function name.
+    pub function: String,
+    /// Index of the op in program order (consts included).
+    pub position: usize,
+    /// The op's name.
+    pub name: String,
+    /// The op type.
+    pub op_type: String,
+    /// Its first output.
+    pub output: String,
+    /// What is wrong (empty for an unsupported op).
+    pub reason: String,
 }
 
 /// Result alias of this module.

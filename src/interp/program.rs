@@ -11,7 +11,7 @@
 use super::hooks::{Hook, WeightKind, WeightOp};
 use super::ops::{self, Arg, OpCtx, OpFn, OutSpec};
 use super::value::{conform, Value};
-use super::{InterpError, Result};
+use super::{InterpError, OpSite, Result};
 use crate::mil::constexpr::Evaluator;
 use crate::mil::program::{is_constexpr, is_ordinary, op_name, FunctionIndex, Use};
 use crate::mil::value::decode_value;
@@ -220,7 +220,7 @@ impl Interpreter {
             let func = match ops::registry().get(t) {
                 Some(f) if op.blocks.is_empty() => *f,
                 _ => {
-                    return Err(InterpError::UnsupportedOp {
+                    return Err(InterpError::UnsupportedOp(Box::new(OpSite {
                         path: path.clone(),
                         function: fname.clone(),
                         op_type: t.to_string(),
@@ -231,7 +231,8 @@ impl Interpreter {
                             .map(|o| o.name.clone())
                             .unwrap_or_default(),
                         position,
-                    })
+                        reason: String::new(),
+                    })))
                 }
             };
             let mut params = Vec::with_capacity(op.inputs.len());
@@ -366,23 +367,35 @@ impl Interpreter {
     }
 
     fn op_error(&self, position: usize, op: &Operation, reason: impl Into<String>) -> InterpError {
-        InterpError::Op {
+        InterpError::Op(Box::new(OpSite {
             path: self.path.clone(),
+            function: self.function.clone(),
             position,
             name: op_name(op).unwrap_or_default(),
             op_type: op.r#type.clone(),
+            output: op
+                .outputs
+                .first()
+                .map(|o| o.name.clone())
+                .unwrap_or_default(),
             reason: reason.into(),
-        }
+        }))
     }
 
     fn step_error(&self, st: &Step, reason: impl Into<String>) -> InterpError {
-        InterpError::Op {
+        InterpError::Op(Box::new(OpSite {
             path: self.path.clone(),
+            function: self.function.clone(),
             position: st.position,
             name: st.name.clone(),
             op_type: st.op_type.clone(),
+            output: st
+                .outputs
+                .first()
+                .map(|o| o.name.clone())
+                .unwrap_or_default(),
             reason: reason.into(),
-        }
+        }))
     }
 
     /// The model file.

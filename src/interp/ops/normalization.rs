@@ -87,9 +87,7 @@ pub fn layer_norm_f32(
     )?;
     // γ and β cover the normalised axes; elsewhere they broadcast.
     let mut gshape = vec![1usize; rank];
-    for a in first..=last {
-        gshape[a] = dims[a];
-    }
+    gshape[first..=last].copy_from_slice(&dims[first..=last]);
     let affine = |y: Tensor, p: Option<&Tensor>, mul: bool| -> Result<Tensor, OpError> {
         let Some(p) = p else { return Ok(y) };
         if p.elem_count() != len {
