@@ -760,3 +760,55 @@ fn inputs_are_checked_by_the_library_too() {
         "{e}"
     );
 }
+
+#[test]
+fn every_compressed_fixture_runs_and_matches_verify_py() {
+    // Every constexpr form coremltools writes (iOS16 and iOS18 LUTs,
+    // grouped LUTs, sparse, joint sparse+LUT, affine and blockwise int8) is
+    // materialised on load; the output error against the base program must
+    // agree with what verify.py's numpy interpreter measured (fixtures.json).
+    let j: Value =
+        serde_json::from_slice(&std::fs::read(repo_root().join("fixtures/fixtures.json")).unwrap())
+            .unwrap();
+    let mut base_out: BTreeMap<String, Vec<Vec<f32>>> = BTreeMap::new();
+    let mut checked = 0;
+    for f in j["fixtures"].as_array().unwrap() {
+        if f["kind"] != "compressed" {
+            continue;
+        }
+        let file = f["file"].as_str().unwrap();
+        let name = file.trim_end_matches(".mlpackage");
+        let base = f["verify"]["reference"]
+            .as_str()
+            .unwrap()
+            .trim_end_matches(".mlpackage");
+        let want = f["verify"]["model_output_vs_reference_program"]["rel_l2"]
+            .as_f64()
+            .unwrap();
+        let it = load(name);
+        let cal = CalibSet::open(&calib("calib-tiny-sd"), it.inputs(), None).unwrap();
+        let refs = base_out.entry(base.to_string()).or_insert_with(|| {
+            let b = load(base);
+            (0..cal.samples())
+                .map(|i| flat(&b.run(&cal.sample(i).unwrap(), None).unwrap()[0]))
+                .collect()
+        });
+        let (mut e, mut r) = (0f64, 0f64);
+        for (i, want_i) in refs.iter().enumerate() {
+            let got = flat(&it.run(&cal.sample(i).unwrap(), None).unwrap()[0]);
+            for (&g, &w) in got.iter().zip(want_i) {
+                assert!(g.is_finite(), "{name}: non-finite output");
+                e += (f64::from(g) - f64::from(w)).powi(2);
+                r += f64::from(w).powi(2);
+            }
+        }
+        let rel = (e / r).sqrt();
+        eprintln!("{name}: rel L2 vs {base} {rel:.5} (verify.py {want:.5})");
+        assert!(
+            (rel - want).abs() <= 0.005 * want,
+            "{name}: rel L2 {rel:.5}, verify.py {want:.5}"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 11, "compressed fixtures in fixtures.json");
+}
