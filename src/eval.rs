@@ -159,6 +159,9 @@ pub struct OutputEval {
     /// Mean PSNR as a number (±∞ allowed), for gates and printing.
     #[serde(skip)]
     pub mean_psnr_db: f64,
+    /// The means with infinities, for printing.
+    #[serde(skip)]
+    pub mean_raw: Metrics,
     /// Per-sample metrics with infinities, for printing.
     #[serde(skip)]
     pub samples_raw: Vec<Metrics>,
@@ -274,6 +277,7 @@ fn summarize(name: &str, shape: Vec<usize>, per: &[Sums]) -> OutputEval {
         all: all.metrics().into(),
         per_sample: ms.iter().map(|&m| m.into()).collect(),
         mean_psnr_db: mean.psnr_db,
+        mean_raw: mean,
         samples_raw: ms,
     }
 }

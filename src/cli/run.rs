@@ -3,7 +3,7 @@
 use super::args::{InterpArgs, RunArgs};
 use super::progress::bar_of;
 use anyhow::{bail, Result};
-use sdcompress::interp::calib::{write_safetensors, CalibSet};
+use sdcompress::interp::calib::{check_output, run_samples, write_safetensors, CalibSet};
 use sdcompress::interp::{Interpreter, Options, Profile};
 use sdcompress::package::Package;
 use std::collections::BTreeMap;
@@ -59,32 +59,18 @@ pub fn run(a: RunArgs, quiet: bool) -> Result<u8> {
             bail!("{}: output is inside the model package", a.output.display());
         }
     }
+    check_output(&a.output, a.force)?;
     let interp = load(&a.model, &a.interp)?;
     let calib = CalibSet::open(&a.interp.inputs, interp.inputs(), a.interp.samples)?;
     let n = calib.samples();
     let pb = bar_of(n as u64, "run", "samples", quiet);
-    let mut data: Vec<(Vec<usize>, Vec<f32>)> =
-        vec![(Vec::new(), Vec::new()); interp.outputs().len()];
     let t_run = Instant::now();
     let mut profile = Profile::new();
-    for i in 0..n {
-        let x = calib.sample(i)?;
-        let prof = a.profile.then_some(&mut profile);
-        let outs = pool.install(|| interp.run_profiled(&x, None, prof))?;
-        for (d, t) in data.iter_mut().zip(&outs) {
-            d.0 = t.dims().to_vec();
-            d.1.extend(t.flatten_all()?.to_vec1::<f32>()?);
-        }
-        pb.set_position(i as u64 + 1);
-    }
+    let prof = a.profile.then_some(&mut profile);
+    let tensors =
+        pool.install(|| run_samples(&interp, &calib, &|done| pb.set_position(done as u64), prof))?;
     pb.finish_and_clear();
     let per_sample = t_run.elapsed().as_secs_f64() / n.max(1) as f64;
-    let mut tensors = BTreeMap::new();
-    for (spec, (shape, v)) in interp.outputs().iter().zip(data) {
-        let mut s = vec![n];
-        s.extend(shape);
-        tensors.insert(spec.name.clone(), (s, v));
-    }
     let metadata: BTreeMap<String, String> = [
         ("format", "sdcompress.run/1".to_string()),
         ("model", a.model.display().to_string()),

@@ -18,7 +18,7 @@
 //! temporary sibling file renamed into place, with a deterministic header
 //! (sorted keys), so the same run gives the same bytes.
 
-use super::program::IoSpec;
+use super::program::{Interpreter, IoSpec, Profile};
 use super::{InterpError, Result};
 use crate::mil::DType;
 use candle_core::{Device, Tensor};
@@ -217,6 +217,67 @@ pub fn read_tensor(path: &Path, key: &str) -> Result<(Vec<usize>, Vec<f32>)> {
     Ok((view.shape().to_vec(), v))
 }
 
+/// Tensors by name: (shape, f32 values in row-major order).
+pub type Stacked = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
+/// Runs `it` on every sample of `calib` and stacks each output along a new
+/// leading sample axis: output name → (shape `[samples, ..]`, f32 values).
+/// `progress(done)` is called after each sample; `profile` collects op
+/// times.
+pub fn run_samples(
+    it: &Interpreter,
+    calib: &CalibSet,
+    progress: &dyn Fn(usize),
+    mut profile: Option<&mut Profile>,
+) -> Result<Stacked> {
+    let n = calib.samples();
+    let mut data: Vec<(Vec<usize>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); it.outputs().len()];
+    for i in 0..n {
+        let outs = it.run_profiled(&calib.sample(i)?, None, profile.as_deref_mut())?;
+        for (d, t) in data.iter_mut().zip(&outs) {
+            d.0 = t.dims().to_vec();
+            let v = t
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(|e| InterpError::Usage(e.to_string()))?;
+            d.1.extend(v);
+        }
+        progress(i + 1);
+    }
+    Ok(it
+        .outputs()
+        .iter()
+        .zip(data)
+        .map(|(spec, (shape, v))| {
+            let mut s = vec![n];
+            s.extend(shape);
+            (spec.name.clone(), (s, v))
+        })
+        .collect())
+}
+
+/// Fails early if `out` cannot be written: it exists (without `force`), is
+/// a directory, or its directory does not exist.
+pub fn check_output(out: &Path, force: bool) -> Result<()> {
+    if out.is_dir() {
+        return Err(bad(out, "output is a directory"));
+    }
+    if std::fs::symlink_metadata(out).is_ok() && !force {
+        return Err(bad(out, "output already exists (use --force to overwrite)"));
+    }
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.is_dir() {
+        return Err(bad(out, "output directory does not exist"));
+    }
+    if out.file_name().is_none() {
+        return Err(bad(out, "output has no file name"));
+    }
+    Ok(())
+}
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Writes `tensors` (name → shape, f32 values) and string `metadata` as a
@@ -225,15 +286,10 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 pub fn write_safetensors(
     out: &Path,
     force: bool,
-    tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    tensors: &Stacked,
     metadata: &BTreeMap<String, String>,
 ) -> Result<()> {
-    if std::fs::symlink_metadata(out).is_ok() && !force {
-        return Err(bad(out, "output already exists (use --force to overwrite)"));
-    }
-    if out.is_dir() {
-        return Err(bad(out, "output is a directory"));
-    }
+    check_output(out, force)?;
     let name = out
         .file_name()
         .ok_or_else(|| bad(out, "output has no file name"))?;
@@ -241,9 +297,6 @@ pub fn write_safetensors(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    if !parent.is_dir() {
-        return Err(bad(out, "output directory does not exist"));
-    }
     // Header: __metadata__ first, then tensors in name order, offsets in
     // that order (a BTreeMap makes the bytes deterministic).
     let mut header = serde_json::Map::new();
