@@ -12,7 +12,9 @@
 pub mod blob;
 pub mod compress;
 pub mod error;
+pub mod eval;
 pub mod info;
+pub mod interp;
 pub mod kernels;
 pub mod mil;
 pub mod model;

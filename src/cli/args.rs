@@ -6,6 +6,7 @@ use std::path::PathBuf;
 const AFTER_HELP: &str = "\
 Exit codes:
   0  success
+  1  a quality gate failed (eval --min-psnr)
   2  any error (usage, I/O, invalid or unsupported model); nothing is written
 
 Outputs are written to a temporary sibling directory and renamed into place
@@ -43,6 +44,12 @@ pub enum Command {
     /// weight, whole blocks, or N of every M along the input axis, written
     /// as constexpr_sparse_to_dense; with --nbits also palettized (joint).
     Prune(Box<PruneArgs>),
+    /// Run the model on the CPU for every sample of a calibration file and
+    /// write its outputs (safetensors, stacked along a sample axis).
+    Run(RunArgs),
+    /// Run a reference and a compressed model on the same samples and
+    /// report output PSNR, relative L2 and max error per output.
+    Eval(EvalArgs),
 }
 
 /// Pruning methods.
@@ -257,4 +264,60 @@ fn parse_nbits(s: &str) -> Result<u32, String> {
         Ok(n) if [1, 2, 3, 4, 6, 8].contains(&n) => Ok(n),
         _ => Err(format!("'{s}' is not one of 1, 2, 3, 4, 6, 8")),
     }
+}
+
+/// Flags of the commands that run a model.
+#[derive(Debug, Args)]
+pub struct InterpArgs {
+    /// Calibration inputs: a safetensors file whose keys are the model's
+    /// input names, each with a leading sample axis (see README).
+    #[arg(long, value_name = "FILE")]
+    pub inputs: PathBuf,
+    /// Use only the first N samples.
+    #[arg(long, value_name = "N")]
+    pub samples: Option<usize>,
+    /// Round every value the program declares fp16 to fp16 after each op
+    /// (emulates fp16 storage; default: fp32 throughout).
+    #[arg(long)]
+    pub round_fp16: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+/// `sdcompress run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The .mlpackage to run.
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub interp: InterpArgs,
+    /// Output safetensors file: one f32 key per model output, stacked along
+    /// a leading sample axis.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Replace the output if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the time spent per op type on stderr.
+    #[arg(long)]
+    pub profile: bool,
+}
+
+/// `sdcompress eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The reference .mlpackage (e.g. the uncompressed model).
+    pub reference: PathBuf,
+    /// The .mlpackage to judge (e.g. its palettized version).
+    pub compressed: PathBuf,
+    #[command(flatten)]
+    pub interp: InterpArgs,
+    /// Print the JSON report (schema sdcompress.eval/1) instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit with code 1 if any output's mean PSNR is below DB
+    /// (apple/ml-stable-diffusion fails palettized UNets below 35 dB).
+    #[arg(long, value_name = "DB", allow_hyphen_values = true)]
+    pub min_psnr: Option<f64>,
 }

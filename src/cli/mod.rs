@@ -3,10 +3,12 @@
 
 mod args;
 mod decompress;
+mod eval;
 mod info;
 mod palettize;
 mod progress;
 mod prune;
+mod run;
 
 pub use args::{Cli, Command};
 
@@ -22,6 +24,8 @@ use std::time::Instant;
 
 /// Exit code for success.
 pub const EXIT_OK: u8 = 0;
+/// Exit code for a failed quality gate (`eval --min-psnr`).
+pub const EXIT_GATE: u8 = 1;
 /// Exit code for any error: usage, I/O, invalid model.
 pub const EXIT_ERROR: u8 = 2;
 
@@ -33,6 +37,8 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Decompress(a) => decompress::run(a, quiet),
         Command::Palettize(a) => palettize::run(*a, quiet),
         Command::Prune(a) => prune::run(*a, quiet),
+        Command::Run(a) => run::run(a, quiet),
+        Command::Eval(a) => eval::run(a, quiet),
     }
 }
 
