@@ -19,5 +19,6 @@ pub mod model;
 pub mod package;
 pub mod proto;
 pub mod report;
+pub mod sparsegpt;
 
 pub use error::{Error, Result};
