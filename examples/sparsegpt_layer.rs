@@ -59,6 +59,9 @@ struct Args {
     /// Also compute the relative reconstruction error.
     #[arg(long)]
     measure_error: bool,
+    /// Also write the Hessian built from X to this file (key H, f64).
+    #[arg(long)]
+    dump_h: Option<PathBuf>,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -122,6 +125,7 @@ fn main() -> Result<()> {
             groups: a.groups,
         },
         nsamples: a.nsamples,
+        dump_hessian: a.dump_h.clone(),
     };
     let file = LayerFile::open(&a.input)?;
     let r = run_layer(&file, &job)?;

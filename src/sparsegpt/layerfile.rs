@@ -171,6 +171,10 @@ pub struct LayerJob {
     pub conv: ConvGeometry,
     /// Sample count `N` to scale `H` with (default: as counted).
     pub nsamples: Option<u64>,
+    /// Also write the Hessian built from `X` to this file (key `H`, f64,
+    /// `[cols, cols]` or `[groups, cols, cols]`), e.g. to give another
+    /// implementation exactly the same matrix.
+    pub dump_hessian: Option<std::path::PathBuf>,
 }
 
 /// The result of [`run_layer`].
@@ -239,6 +243,7 @@ pub fn run_layer(file: &LayerFile, job: &LayerJob) -> Result<LayerResult> {
             };
             hs[0].add_linear(&x.data, &shape)?;
         }
+        hs.iter_mut().for_each(Hessian::finish);
         match job.nsamples {
             Some(n) => hs
                 .into_iter()
@@ -280,6 +285,10 @@ pub fn run_layer(file: &LayerFile, job: &LayerJob) -> Result<LayerResult> {
     } else {
         0.0
     };
+    let hessians = match &job.dump_hessian {
+        Some(path) => dump(path, hessians, cols)?,
+        None => hessians,
+    };
 
     let t1 = Instant::now();
     let mut weights = vec![0.0f32; w.data.len()];
@@ -314,4 +323,25 @@ pub fn run_layer(file: &LayerFile, job: &LayerJob) -> Result<LayerResult> {
         hessian_seconds,
         prune_seconds: t1.elapsed().as_secs_f64(),
     })
+}
+
+/// Writes the finished Hessians to `path` and hands them back.
+fn dump(path: &Path, hessians: Vec<Hessian>, cols: usize) -> Result<Vec<Hessian>> {
+    let groups = hessians.len();
+    let parts: Vec<(u64, Vec<f64>)> = hessians
+        .into_iter()
+        .map(|h| (h.nsamples(), h.into_matrix()))
+        .collect();
+    let all: Vec<f64> = parts.iter().flat_map(|(_, m)| m.iter().copied()).collect();
+    let shape = if groups == 1 {
+        vec![cols, cols]
+    } else {
+        vec![groups, cols, cols]
+    };
+    write(path, &[("H", shape, OutTensor::F64(&all))])?;
+    drop(all);
+    parts
+        .into_iter()
+        .map(|(n, m)| Hessian::from_matrix(cols, m, n))
+        .collect()
 }

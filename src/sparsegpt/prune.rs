@@ -35,12 +35,12 @@
 //! the spec's route to rounding (tests compare against a literal,
 //! unblocked implementation that uses `U`).
 //!
-//! **Memory.** The Hessian buffer is factored in place and reused: after
-//! the factorisation its upper triangle holds `V`, its strict lower
-//! triangle still holds `H` (the Cholesky only touches one triangle), so
-//! the relative error can be measured afterwards without a copy. Besides
-//! the `c²` f64 matrix: `A`/`Ŵ` (`r × c` f64), the output (`r × c` f32 and
-//! a mask) and `O(r·B)` scratch.
+//! **Memory.** The Hessian buffer is factored in place: afterwards its
+//! upper triangle holds `V`. Besides the `c²` f64 matrix: `A`/`Ŵ`
+//! (`r × c` f64), the output (`r × c` f32 and a mask), `O(r·B)` scratch and,
+//! to allow a retry with more damping, a `c × 128` band of `H`. The
+//! relative error needs no copy of `H` either: it follows from the loss
+//! identity and `V` (see `relative_error`).
 //!
 //! **Parallelism.** The factorisation and the GEMMs use faer on the
 //! current rayon pool; the sweep inside a block runs rows in parallel (rows
@@ -248,9 +248,9 @@ pub fn prune_layer(
     check_finite("hessian", &hm)?;
 
     // §4.2: dead inputs. `diag` is H's diagonal after that step.
-    let orig_diag: Vec<f64> = (0..c).map(|j| hm[j + j * c]).collect();
-    let dead: Vec<bool> = orig_diag.iter().map(|&d| d == 0.0).collect();
-    let diag: Vec<f64> = orig_diag
+    let diag: Vec<f64> = (0..c).map(|j| hm[j + j * c]).collect();
+    let dead: Vec<bool> = diag.iter().map(|&d| d == 0.0).collect();
+    let diag: Vec<f64> = diag
         .iter()
         .map(|&d| if d == 0.0 { 1.0 } else { d })
         .collect();
@@ -269,15 +269,16 @@ pub fn prune_layer(
         });
         out
     };
+    let loss: f64 = sweep.row_losses.iter().sum();
     let rel_error = params
         .measure_error
-        .then(|| relative_error(w, r, c, sweep.a, &hm, &orig_diag));
+        .then(|| relative_error(w, &dead, r, c, sweep.a, &hm, damp, loss));
     let pruned = sweep.mask.iter().filter(|&&m| m).count();
     Ok(PruneOutcome {
         weights,
         mask: sweep.mask,
         pruned,
-        loss: sweep.row_losses.iter().sum(),
+        loss,
         row_losses: sweep.row_losses,
         dead_columns: dead.iter().filter(|&&d| d).count(),
         percdamp,
@@ -287,9 +288,22 @@ pub fn prune_layer(
     })
 }
 
+/// Width of the band next to the diagonal in which faer's Cholesky may use
+/// the unused triangle as scratch (its base case writes within 16 columns
+/// of the diagonal, its recursion blocks are at most 128 wide).
+const SCRATCH_BAND: usize = 128;
+
 /// Factors `H_d = V Vᵀ` in place (`V` upper triangular, into the upper
-/// triangle of `h`; the strict lower triangle keeps `H`). Returns the
+/// triangle of `h`; the lower triangle is left as scratch). Returns the
 /// relative and absolute damping used and the number of attempts.
+///
+/// A retry needs the Hessian again, and the factorisation has overwritten
+/// one triangle. The other triangle still holds it except in a narrow band
+/// by the diagonal that faer may use as scratch: that band is saved
+/// before the first attempt (`c · 128` values), and a checksum of
+/// everything outside it proves the rest was left alone. Should a future
+/// faer write elsewhere, the retry is refused instead of working on a
+/// corrupted matrix.
 fn factor_ul(
     h: &mut [f64],
     c: usize,
@@ -301,6 +315,7 @@ fn factor_ul(
     // (c−1−i, c−1−j): it is P H P with P the index reversal, so the lower
     // Cholesky factor L of the reversed matrix gives V = P L P.
     h.reverse();
+    let guard = (params.damp_retries > 0).then(|| UpperGuard::new(h, c));
     let par = Par::rayon(0);
     let mut mem = MemBuffer::new(cholesky_in_place_scratch::<f64>(c, par, Default::default()));
     let mut percdamp = params.percdamp;
@@ -324,19 +339,67 @@ fn factor_ul(
                 return Ok((percdamp, damp, attempts));
             }
             Err(LltError::NonPositivePivot { index }) => {
-                if attempts > params.damp_retries {
-                    return Err(SparseGptError::NotPositiveDefinite {
-                        pivot: c - 1 - index,
-                        percdamp,
-                        attempts,
-                    });
+                let failed = SparseGptError::NotPositiveDefinite {
+                    pivot: c - 1 - index,
+                    percdamp,
+                    attempts,
+                };
+                match &guard {
+                    Some(g) if attempts <= params.damp_retries && g.restore(h, c) => {
+                        mirror(h, c, Triangle::Upper);
+                        percdamp = if percdamp > 0.0 { percdamp * 10.0 } else { 0.01 };
+                    }
+                    _ => return Err(failed),
                 }
-                // The factorisation overwrote the lower triangle only; the
-                // upper one still holds the (reversed) Hessian.
-                mirror(h, c, Triangle::Upper);
-                percdamp = if percdamp > 0.0 { percdamp * 10.0 } else { 0.01 };
             }
         }
+    }
+}
+
+/// The strict upper triangle of a symmetric matrix, kept recoverable
+/// across a Cholesky factorisation of its lower triangle: the band of
+/// [`SCRATCH_BAND`] columns above the diagonal is copied, the rest is
+/// checksummed per column.
+struct UpperGuard {
+    band: Vec<f64>,
+    sums: Vec<u64>,
+}
+
+impl UpperGuard {
+    fn band_rows(j: usize) -> std::ops::Range<usize> {
+        j.saturating_sub(SCRATCH_BAND)..j
+    }
+
+    fn column_sums(h: &[f64], c: usize) -> Vec<u64> {
+        h.par_chunks(c)
+            .enumerate()
+            .map(|(j, col)| col[..j.saturating_sub(SCRATCH_BAND)].iter().sum::<f64>().to_bits())
+            .collect()
+    }
+
+    fn new(h: &[f64], c: usize) -> Self {
+        let band = (0..c)
+            .flat_map(|j| Self::band_rows(j).map(move |i| h[i + j * c]))
+            .collect();
+        UpperGuard {
+            band,
+            sums: Self::column_sums(h, c),
+        }
+    }
+
+    /// Puts the band back; false if anything outside it changed.
+    fn restore(&self, h: &mut [f64], c: usize) -> bool {
+        if Self::column_sums(h, c) != self.sums {
+            return false;
+        }
+        let mut k = 0;
+        for j in 0..c {
+            for i in Self::band_rows(j) {
+                h[i + j * c] = self.band[k];
+                k += 1;
+            }
+        }
+        true
     }
 }
 
@@ -566,75 +629,90 @@ fn choose_n_of_m(x: &[f64], d: &[f64], n: usize, mask: &mut [bool]) {
     }
 }
 
-/// `tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)` with `ΔW = W − Ŵ`; `what` holds `Ŵ`
-/// (column-major, consumed as scratch), `h` the Hessian in its strict lower
-/// triangle and `diag` its diagonal (before the dead-input fix: dead inputs
-/// contribute nothing).
-fn relative_error(w: &[f32], r: usize, c: usize, mut what: Vec<f64>, h: &[f64], diag: &[f64]) -> f64 {
-    what.par_chunks_mut(r).enumerate().for_each(|(j, col)| {
-        for (row, x) in col.iter_mut().enumerate() {
-            *x = f64::from(w[row * c + j]) - *x;
-        }
-    });
-    let num = quadratic_trace(&what, r, c, h, diag);
-    what.par_chunks_mut(r).enumerate().for_each(|(j, col)| {
-        for (row, x) in col.iter_mut().enumerate() {
-            *x = f64::from(w[row * c + j]);
-        }
-    });
-    let den = quadratic_trace(&what, r, c, h, diag);
+/// `tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)` with `ΔW = W − Ŵ` (§9), without `H`
+/// (the factorisation consumed it):
+///
+/// - numerator: the loss identity `loss = ½ tr(ΔW H_d ΔWᵀ)` with
+///   `H_d = H + damp·I` gives `2·loss − damp·‖ΔW‖²`;
+/// - denominator: `H_d = V Vᵀ` gives `‖W V‖² − damp·‖W‖²`.
+///
+/// `W` is the dead-zeroed weight: dead inputs have zero rows and columns
+/// in `H`, so they change neither trace. `what` holds `Ŵ` column-major
+/// and is used as scratch; `v` holds `V` in its upper triangle.
+#[allow(clippy::too_many_arguments)]
+fn relative_error(
+    w: &[f32],
+    dead: &[bool],
+    r: usize,
+    c: usize,
+    mut what: Vec<f64>,
+    v: &[f64],
+    damp: f64,
+    loss: f64,
+) -> f64 {
+    // W0 (dead-zeroed) column-major, and ‖ΔW‖².
+    let dw2: f64 = what
+        .par_chunks_mut(r)
+        .enumerate()
+        .map(|(j, col)| {
+            let mut s = 0.0;
+            for (row, x) in col.iter_mut().enumerate() {
+                let w0 = if dead[j] { 0.0 } else { f64::from(w[row * c + j]) };
+                s += (w0 - *x) * (w0 - *x);
+                *x = w0;
+            }
+            s
+        })
+        .collect::<Vec<f64>>()
+        .iter()
+        .sum();
+    let w2: f64 = what.iter().map(|x| x * x).sum();
+    let wv2 = frobenius_times_upper(&what, r, c, v);
+    let num = 2.0 * loss - damp * dw2;
+    let den = wv2 - damp * w2;
     if den > 0.0 {
-        num / den
+        (num / den).max(0.0)
     } else {
         0.0
     }
 }
 
-/// `tr(M H Mᵀ)` for `M` (`r × c` column-major) and symmetric `H` given by
-/// its strict lower triangle (in `h`) and diagonal: `Σ_j H_jj ‖M_j‖² +
-/// 2 Σ_{i>j} H_ij ⟨M_i, M_j⟩`, by column panels so the scratch stays
-/// `r × 256`.
-fn quadratic_trace(m: &[f64], r: usize, c: usize, h: &[f64], diag: &[f64]) -> f64 {
+/// `‖M V‖²_F` for `M` (`r × c` column-major) and the upper triangle `V` of
+/// the column-major `c × c` buffer `v`, by column panels of `M V` so the
+/// scratch stays `r × 256`.
+fn frobenius_times_upper(m: &[f64], r: usize, c: usize, v: &[f64]) -> f64 {
     const P: usize = 256;
     let par = Par::rayon(0);
     let mm = MatRef::from_column_major_slice(m, r, c);
-    let hm = MatRef::from_column_major_slice(h, c, c);
+    let vm = MatRef::from_column_major_slice(v, c, c);
     let mut y = vec![0.0f64; r * P];
-    let mut total: f64 = (0..c)
-        .map(|j| diag[j] * m[j * r..(j + 1) * r].iter().map(|x| x * x).sum::<f64>())
-        .sum();
+    let mut total = 0.0;
     for j0 in (0..c).step_by(P) {
         let p = P.min(c - j0);
-        let j1 = j0 + p;
         let mut ym = MatMut::from_column_major_slice_mut(&mut y[..r * p], r, p);
-        // Strictly-lower part of the diagonal panel block.
+        // (M V)[:, J] = M[:, ..j0] V[..j0, J] + M[:, J] triu(V[J, J]).
         triangular::matmul(
             ym.rb_mut(),
             BlockStructure::Rectangular,
             Accum::Replace,
             mm.subcols(j0, p),
             BlockStructure::Rectangular,
-            hm.submatrix(j0, j0, p, p),
-            BlockStructure::StrictTriangularLower,
+            vm.submatrix(j0, j0, p, p),
+            BlockStructure::TriangularUpper,
             1.0,
             par,
         );
-        if j1 < c {
+        if j0 > 0 {
             matmul(
                 ym.rb_mut(),
                 Accum::Add,
-                mm.subcols(j1, c - j1),
-                hm.submatrix(j1, j0, c - j1, p),
+                mm.subcols(0, j0),
+                vm.submatrix(0, j0, j0, p),
                 1.0,
                 par,
             );
         }
-        let part: f64 = y[..r * p]
-            .iter()
-            .zip(&m[j0 * r..j1 * r])
-            .map(|(a, b)| a * b)
-            .sum();
-        total += 2.0 * part;
+        total += y[..r * p].iter().map(|x| x * x).sum::<f64>();
     }
     total
 }

@@ -34,10 +34,6 @@ impl Rng {
     pub fn normals(&mut self, n: usize) -> Vec<f32> {
         (0..n).map(|_| self.normal() as f32).collect()
     }
-
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
 }
 
 /// A random weight `rows × cols` and strongly correlated inputs `n × cols`

@@ -163,7 +163,9 @@ fn loss_identity_and_relative_error() {
     let full_dw = |row: usize, j: usize| orig(row, j) - f64::from(got.weights[row * c + j]);
     let want = quad(&full_dw, 0.0) / quad(&orig, 0.0);
     let rel = got.rel_error.unwrap();
-    assert!((rel - want).abs() <= 1e-9 * want, "rel_error {rel} vs {want}");
+    // The kernel's numerator comes from the f64 loss, the test's from the
+    // f32 output weights: agreement to f32 rounding.
+    assert!((rel - want).abs() <= 1e-5 * want, "rel_error {rel} vs {want}");
     assert!(rel > 0.0 && rel < 0.5);
 }
 
@@ -232,40 +234,21 @@ fn same_bits_whatever_the_thread_count() {
 }
 
 #[test]
-fn faer_cholesky_leaves_the_strict_upper_triangle_alone() {
-    // factor_ul relies on it (retries and the relative error read it back).
-    for (c, par) in [(50, Par::Seq), (300, Par::Seq), (700, Par::rayon(2))] {
-    let (_, x) = correlated_layer(1, c, 2 * c, 3);
-    let mut h = naive_hessian(&x, c, 1);
-    for j in 0..c {
-        for i in 0..j {
-            h[i + j * c] = 12345.0 + (i * c + j) as f64;
-        }
-    }
-    let m = MatMut::from_column_major_slice_mut(&mut h, c, c);
-    let mut mem = MemBuffer::new(cholesky_in_place_scratch::<f64>(c, par, Default::default()));
-    cholesky_in_place(m, LltRegularization::default(), par, MemStack::new(&mut mem), Default::default())
-        .unwrap();
-    for j in 0..c {
-        for i in 0..c {
-            let v = h[i + j * c];
-            if i < j && v != 12345.0 + (i * c + j) as f64 {
-                eprintln!("c={c}: ({i},{j}) changed to {v}");
-            }
-        }
-    }
-    }
-}
-
-#[test]
 fn indefinite_hessian_retries_with_more_damping_then_fails() {
     // H = I except H[0, c−1] = H[c−1, 0] = 1.05: that 2 × 2 block has the
     // eigenvalue −0.05. Damping adds percdamp · mean(diag) = percdamp:
     // 1 % leaves it indefinite, 10 % makes it positive definite.
-    let c = 40;
+    // c = 300 puts most of the matrix outside the scratch band that the
+    // retry restores (its checksum guard is exercised too).
+    for c in [40, 300] {
     let mut h = vec![0.0f64; c * c];
     for j in 0..c {
         h[j + j * c] = 1.0;
+        for i in j + 2..c {
+            let v = 1e-4 * ((i * 7 + j * 13) % 11) as f64 / 11.0;
+            h[i + j * c] = v;
+            h[j + i * c] = v;
+        }
     }
     h[c - 1] = 1.05;
     h[(c - 1) * c] = 1.05;
@@ -277,11 +260,18 @@ fn indefinite_hessian_retries_with_more_damping_then_fails() {
     let Err(SparseGptError::NotPositiveDefinite { attempts: 1, pivot, percdamp }) = err else {
         panic!("expected a factorisation failure, got {err:?}");
     };
-    assert_eq!((pivot, percdamp), (0, 0.01));
+    assert_eq!((pivot, percdamp), (0, 0.01), "c={c}");
     p.damp_retries = 2;
-    let ok = prune_layer(&w, 6, c, Hessian::from_matrix(c, h, 1).unwrap(), &p).unwrap();
+    let ok = prune_layer(&w, 6, c, Hessian::from_matrix(c, h.clone(), 1).unwrap(), &p).unwrap();
     assert_eq!((ok.attempts, ok.percdamp), (2, 0.1));
-    assert!(ok.weights.iter().all(|v| v.is_finite()));
+    // The retry worked on the restored Hessian: same bits as asking for
+    // 10 % damping directly.
+    p.percdamp = 0.1;
+    let direct = prune_layer(&w, 6, c, Hessian::from_matrix(c, h, 1).unwrap(), &p).unwrap();
+    assert_eq!(direct.attempts, 1);
+    let bits = |o: &PruneOutcome| o.weights.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&ok), bits(&direct));
+    }
 }
 
 #[test]
@@ -403,48 +393,3 @@ proptest! {
     }
 }
 
-#[test]
-fn quadratic_trace_matches_naive() {
-    let mut rng = Rng::new(2);
-    for (r, c) in [(3, 5), (7, 300), (4, 600)] {
-        let m: Vec<f64> = (0..r * c).map(|_| rng.normal()).collect();
-        let mut h = vec![0.0; c * c];
-        for j in 0..c {
-            for i in j..c {
-                let v = rng.normal();
-                h[i + j * c] = v;
-                h[j + i * c] = v;
-            }
-        }
-        let diag: Vec<f64> = (0..c).map(|j| h[j + j * c]).collect();
-        let mut want = 0.0;
-        for row in 0..r {
-            for i in 0..c {
-                for j in 0..c {
-                    want += m[row + i * r] * h[i + j * c] * m[row + j * r];
-                }
-            }
-        }
-        let got = quadratic_trace(&m, r, c, &h, &diag);
-        assert!((got - want).abs() <= 1e-9 * want.abs().max(1.0), "r={r} c={c}: {got} vs {want}");
-    }
-}
-
-#[test]
-fn debug_rel() {
-    let (r, c) = (30, 300);
-    let (w, x) = correlated_layer(r, c, 900, 77);
-    let h = naive_hessian(&x, c, 3);
-    let mut hm = h.clone();
-    let diag: Vec<f64> = (0..c).map(|j| h[j + j * c]).collect();
-    let wm: Vec<f64> = (0..r * c).map(|k| f64::from(w[(k % r) * c + k / r])).collect();
-    let before = quadratic_trace(&wm, r, c, &hm, &diag);
-    let p = PruneParams::unstructured(0.6);
-    factor_ul(&mut hm, c, &diag, diag.iter().sum::<f64>() / c as f64, &p).unwrap();
-    let after = quadratic_trace(&wm, r, c, &hm, &diag);
-    let mut maxd: f64 = 0.0;
-    let mut first = Vec::new();
-    for j in 0..c { for i in j+1..c { let d = (hm[i + j*c] - h[i + j*c]).abs(); if d > 0.0 && first.len() < 8 { first.push((i, j, hm[i+j*c], h[i+j*c], h[j+i*c])); } maxd = maxd.max(d); } }
-    eprintln!("{first:?}");
-    panic!("before {before} after {after} maxdiff lower {maxd}");
-}
