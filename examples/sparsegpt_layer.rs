@@ -69,7 +69,11 @@ struct Args {
 
 fn ints(s: &str, what: &str) -> Result<Vec<usize>> {
     s.split(',')
-        .map(|t| t.trim().parse::<usize>().with_context(|| format!("--{what} {s}")))
+        .map(|t| {
+            t.trim()
+                .parse::<usize>()
+                .with_context(|| format!("--{what} {s}"))
+        })
         .collect()
 }
 
@@ -84,7 +88,9 @@ fn pair(s: &str, what: &str) -> Result<[usize; 2]> {
 fn main() -> Result<()> {
     let a = Args::parse();
     if let Some(t) = a.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(t).build_global()?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()?;
     }
     let pattern = match &a.nm {
         Some(nm) => {
@@ -136,7 +142,11 @@ fn main() -> Result<()> {
             &[
                 ("W", r.shape.clone(), OutTensor::F32(&r.weights)),
                 ("mask", r.shape.clone(), OutTensor::U8(&r.mask)),
-                ("row_losses", vec![r.row_losses.len()], OutTensor::F64(&r.row_losses)),
+                (
+                    "row_losses",
+                    vec![r.row_losses.len()],
+                    OutTensor::F64(&r.row_losses),
+                ),
             ],
         )?;
     }

@@ -5,8 +5,10 @@
                    DIR/linear.safetensors (W [1280,1280], X [4,1024,1280]): seeded, with
                    realistic activations (low-rank mixed smooth fields, per-channel scales,
                    a few outlier channels, SiLU).
-  ct LAYER H OURS  coremltools 9.0's torch SparseGPT (layerwise_compression.algorithms.SparseGPT,
-                   weight_dtype=float32, target_sparsity 0.5, the defaults otherwise) on the layer:
+  ct LAYER H OURS [DTYPE]
+                   coremltools 9.0's torch SparseGPT (layerwise_compression.algorithms.SparseGPT,
+                   weight_dtype=DTYPE (default float32: pure pruning; coremltools' own default is
+                   uint8 = joint 8-bit quantization), target_sparsity 0.5, defaults otherwise):
                    times add_batch on X (its own float32 H) and _compress_impl on OUR Hessian H
                    (cast to float32 as coremltools keeps it), then scores both results on H in
                    float64: the loss of spec §9 and the relative reconstruction error. Prints JSON.
@@ -76,7 +78,7 @@ def score(W, Wp, H, damp):
     return loss, num / den
 
 
-def cmd_ct(layer, hfile, ours_file):
+def cmd_ct(layer, hfile, ours_file, dtype="float32"):
     import torch
     import torch.nn as nn
     from coremltools.optimize.torch.layerwise_compression.algorithms import (
@@ -93,9 +95,10 @@ def cmd_ct(layer, hfile, ours_file):
         m = nn.Linear(W.shape[1], W.shape[0], bias=False)
     with torch.no_grad():
         m.weight.copy_(torch.from_numpy(W))
-    cfg = ModuleSparseGPTConfig(target_sparsity=0.5, weight_dtype="float32")
+    cfg = ModuleSparseGPTConfig(target_sparsity=0.5, weight_dtype=dtype)
     xt = torch.from_numpy(X)
-    res = {"layer": layer, "torch": torch.__version__, "threads": torch.get_num_threads()}
+    res = {"layer": layer, "weight_dtype": dtype, "torch": torch.__version__,
+           "threads": torch.get_num_threads()}
 
     # 1. Hessian accumulation from X (coremltools' own, float32).
     alg = SparseGPT(m, cfg)
@@ -133,10 +136,63 @@ def cmd_ct(layer, hfile, ours_file):
     print(json.dumps(res, indent=2))
 
 
+def time_v(path):
+    """Wall seconds, CPU seconds and peak RSS (MB) from a /usr/bin/time -v log."""
+    out = {}
+    for line in open(path):
+        k, _, v = line.strip().partition(": ")
+        if k == "Elapsed (wall clock) time (h:mm:ss or m:ss)":
+            parts = [float(p) for p in v.split(":")]
+            out["wall"] = sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
+        elif k in ("User time (seconds)", "System time (seconds)"):
+            out["cpu"] = out.get("cpu", 0.0) + float(v)
+        elif k == "Maximum resident set size (kbytes)":
+            out["rss_mb"] = int(v) / 1024
+    return out
+
+
+def cmd_summary(d):
+    """One table from the runs of bench_sparsegpt.sh in directory d."""
+    rows = []
+    for layer in ("conv", "linear"):
+        ours = json.load(open(f"{d}/ours-{layer}.json"))
+        ct = json.load(open(f"{d}/ct-{layer}.json"))
+        to, tc = time_v(f"{d}/ours-{layer}.time"), time_v(f"{d}/ct-{layer}.time")
+        rows.append({
+            "layer": layer, "shape": ours["shape"],
+            "ours_hessian_s": ours["hessian_seconds"], "ours_prune_s": ours["prune_seconds"],
+            "ours_wall_s": to["wall"], "ours_cpu_s": to["cpu"], "ours_rss_mb": to["rss_mb"],
+            "ct_hessian_s": ct["ct_hessian_seconds"], "ct_prune_s": ct["ct_prune_seconds"],
+            "ct_wall_s": tc["wall"], "ct_cpu_s": tc["cpu"], "ct_rss_mb": tc["rss_mb"],
+            "prune_speedup": ct["ct_prune_seconds"] / ours["prune_seconds"],
+            "hessian_speedup": ct["ct_hessian_seconds"] / ours["hessian_seconds"],
+            "total_speedup": (ct["ct_hessian_seconds"] + ct["ct_prune_seconds"])
+            / (ours["hessian_seconds"] + ours["prune_seconds"]),
+            "ours_loss": ct["our_loss"], "ct_loss": ct["ct_loss"],
+            "ours_rel_error": ct["our_rel_error"], "ct_rel_error": ct["ct_rel_error"],
+            "mask_agreement": ct["mask_agreement"],
+            "ours_sparsity": ct["our_sparsity"], "ct_sparsity": ct["ct_sparsity"],
+        })
+    print(json.dumps(rows, indent=2))
+    print()
+    print("| layer | sdcompress Hessian / prune (s) | coremltools Hessian / prune (s) | prune speed-up "
+          "| total speed-up | loss §9 ours / CT | rel. error ours / CT | mask agreement "
+          "| peak RSS ours / CT (MB) | CPU s ours / CT |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['layer']} {tuple(r['shape'])} | {r['ours_hessian_s']:.2f} / {r['ours_prune_s']:.2f} "
+              f"| {r['ct_hessian_s']:.2f} / {r['ct_prune_s']:.2f} | {r['prune_speedup']:.1f}x "
+              f"| {r['total_speedup']:.1f}x | {r['ours_loss']:.6g} / {r['ct_loss']:.6g} "
+              f"| {r['ours_rel_error']:.5e} / {r['ct_rel_error']:.5e} | {r['mask_agreement']:.4f} "
+              f"| {r['ours_rss_mb']:.0f} / {r['ct_rss_mb']:.0f} | {r['ours_cpu_s']:.1f} / {r['ct_cpu_s']:.1f} |")
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "gen":
         cmd_gen(sys.argv[2])
     elif sys.argv[1] == "ct":
-        cmd_ct(*sys.argv[2:5])
+        cmd_ct(*sys.argv[2:])
+    elif sys.argv[1] == "summary":
+        cmd_summary(sys.argv[2])
     else:
         sys.exit(__doc__)

@@ -14,9 +14,9 @@
 
 mod common;
 
+use sdcompress::mil::constexpr::Evaluator;
 use sdcompress::mil::program::{param, FunctionIndex, Param};
 use sdcompress::mil::value::decode_value;
-use sdcompress::mil::constexpr::Evaluator;
 use sdcompress::package::Package;
 use sdcompress::sparsegpt::layerfile::{run_layer, write, LayerFile, LayerJob, OutTensor};
 use sdcompress::sparsegpt::{ConvGeometry, MaskRule, Pattern, PruneParams};
@@ -58,7 +58,9 @@ impl Rng {
 fn activations(seed: u64, n: usize, ch: usize, h: usize, w: usize) -> Vec<f32> {
     let mut rng = Rng(seed);
     let rank = 16.min(ch);
-    let mix: Vec<f64> = (0..ch * rank).map(|_| rng.normal() / (rank as f64).sqrt()).collect();
+    let mix: Vec<f64> = (0..ch * rank)
+        .map(|_| rng.normal() / (rank as f64).sqrt())
+        .collect();
     let scale: Vec<f64> = (0..ch)
         .map(|c| (0.5 * rng.normal()).exp() * if c % 37 == 5 { 10.0 } else { 1.0 })
         .collect();
@@ -161,7 +163,8 @@ fn check(py: &Path, sref: &Path, dir: &Path, layer: &Path, flags: &[&str]) -> St
         .args(["--cand-loss", &loss])
         .output()
         .expect("run sparsegpt_ref.py");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success() && text.contains("CHECK OK"),
         "oracle check failed for {} {flags:?}:\n{text}",
@@ -185,7 +188,11 @@ fn gen(py: &Path, sref: &Path, out: &Path, rows: usize, cols: usize, n: usize, s
         .args(["--n", &n.to_string(), "--seed", &seed.to_string()])
         .output()
         .expect("run sparsegpt_ref.py gen");
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
 }
 
 #[test]
@@ -197,20 +204,42 @@ fn random_layers_agree_with_the_oracle() {
     let text = check(&py, &sref, dir.path(), &a, &["--sparsity", "0.5"]);
     // f64 factorisation and sweep on both sides: on this layer the f32
     // rounding of the Hessian's tile sums flips no decision.
-    assert!(text.contains("(1.000000)"), "expected full agreement:\n{text}");
+    assert!(
+        text.contains("(1.000000)"),
+        "expected full agreement:\n{text}"
+    );
     check(&py, &sref, dir.path(), &a, &["--nm", "2:4"]);
-    check(&py, &sref, dir.path(), &a, &["--nm", "4:8", "--blocksize", "64"]);
+    check(
+        &py,
+        &sref,
+        dir.path(),
+        &a,
+        &["--nm", "4:8", "--blocksize", "64"],
+    );
 
     // Odd shapes: the block size does not divide the columns.
     let b = dir.path().join("b.safetensors");
     gen(&py, &sref, &b, 96, 200, 1500, 2);
-    check(&py, &sref, dir.path(), &b, &["--sparsity", "0.7", "--blocksize", "64"]);
     check(
         &py,
         &sref,
         dir.path(),
         &b,
-        &["--sparsity", "0.4", "--mask-rule", "exact", "--percdamp", "0.1"],
+        &["--sparsity", "0.7", "--blocksize", "64"],
+    );
+    check(
+        &py,
+        &sref,
+        dir.path(),
+        &b,
+        &[
+            "--sparsity",
+            "0.4",
+            "--mask-rule",
+            "exact",
+            "--percdamp",
+            "0.1",
+        ],
     );
 }
 
@@ -237,7 +266,13 @@ fn dead_inputs_agree_with_the_oracle() {
         ],
     )
     .unwrap();
-    check(&py, &sref, dir.path(), &d, &["--sparsity", "0.5", "--percdamp", "0.05"]);
+    check(
+        &py,
+        &sref,
+        dir.path(),
+        &d,
+        &["--sparsity", "0.5", "--percdamp", "0.05"],
+    );
     check(&py, &sref, dir.path(), &d, &["--nm", "2:4"]);
 }
 
@@ -247,7 +282,9 @@ fn grouped_strided_dilated_conv_agrees_with_the_oracle() {
     let dir = common::tempdir();
     let mut rng = Rng(9);
     // [Cout 8, Cin/g 3, 3, 3] with 2 groups over a [3, 6, 11, 10] input.
-    let w: Vec<f32> = (0..8 * 3 * 3 * 3).map(|_| rng.normal() as f32 * 0.2).collect();
+    let w: Vec<f32> = (0..8 * 3 * 3 * 3)
+        .map(|_| rng.normal() as f32 * 0.2)
+        .collect();
     let x = activations(4, 3, 6, 11, 10);
     let f = dir.path().join("conv.safetensors");
     write(
@@ -259,9 +296,19 @@ fn grouped_strided_dilated_conv_agrees_with_the_oracle() {
     )
     .unwrap();
     let geom = [
-        "--groups", "2", "--stride", "2,1", "--padding", "1,0,1,2", "--dilation", "1,2",
+        "--groups",
+        "2",
+        "--stride",
+        "2,1",
+        "--padding",
+        "1,0,1,2",
+        "--dilation",
+        "1,2",
     ];
-    for extra in [&["--sparsity", "0.5", "--blocksize", "8"][..], &["--nm", "1:3", "--blocksize", "9"]] {
+    for extra in [
+        &["--sparsity", "0.5", "--blocksize", "8"][..],
+        &["--nm", "1:3", "--blocksize", "9"],
+    ] {
         let flags: Vec<&str> = geom.iter().chain(extra).copied().collect();
         check(&py, &sref, dir.path(), &f, &flags);
     }
@@ -297,9 +344,7 @@ fn fixture_weight(pkg: &Package, name: &str) -> FixtureWeight {
     let (_, op) = index
         .ops
         .iter()
-        .find(|(_, op)| {
-            matches!(param(op, "weight"), Ok(Some(Param::Name(n))) if n == name)
-        })
+        .find(|(_, op)| matches!(param(op, "weight"), Ok(Some(Param::Name(n))) if n == name))
         .unwrap_or_else(|| panic!("no op reads {name}"));
     let ints = |p: &str| value_of(pkg, &index, op, p).and_then(|t| t.to_i64());
     let conv = (op.r#type == "conv").then(|| {
@@ -312,7 +357,10 @@ fn fixture_weight(pkg: &Package, name: &str) -> FixtureWeight {
         let padding = match pad_type.as_str().unwrap() {
             b"custom" => [pad[0], pad[1], pad[2], pad[3]],
             b"valid" => [0; 4],
-            other => panic!("pad_type {} not handled by the test", String::from_utf8_lossy(other)),
+            other => panic!(
+                "pad_type {} not handled by the test",
+                String::from_utf8_lossy(other)
+            ),
         };
         ConvGeometry {
             kernel: [t.shape[2], t.shape[3]],
@@ -338,7 +386,10 @@ fn real_fixture_layers_agree_with_the_oracle() {
     // The largest conv: up_blocks.0 resnet conv1, [64, 128, 3, 3] (c = 1152).
     let cw = fixture_weight(&pkg, "unet_up_blocks_0_resnets_0_conv1_weight_to_fp16");
     let g = cw.conv.expect("a conv");
-    assert_eq!((cw.shape.as_slice(), g.kernel), (&[64usize, 128, 3, 3][..], [3, 3]));
+    assert_eq!(
+        (cw.shape.as_slice(), g.kernel),
+        (&[64usize, 128, 3, 3][..], [3, 3])
+    );
     let x = activations(11, 4, 128, 12, 12);
     let f = dir.path().join("conv.safetensors");
     write(
@@ -349,11 +400,18 @@ fn real_fixture_layers_agree_with_the_oracle() {
         ],
     )
     .unwrap();
-    let pad = format!("{},{},{},{}", g.padding[0], g.padding[1], g.padding[2], g.padding[3]);
+    let pad = format!(
+        "{},{},{},{}",
+        g.padding[0], g.padding[1], g.padding[2], g.padding[3]
+    );
     let stride = format!("{},{}", g.stride[0], g.stride[1]);
     let dil = format!("{},{}", g.dilation[0], g.dilation[1]);
     let geom = ["--padding", &pad, "--stride", &stride, "--dilation", &dil];
-    for extra in [&["--sparsity", "0.4"][..], &["--sparsity", "0.5"], &["--nm", "2:4"]] {
+    for extra in [
+        &["--sparsity", "0.4"][..],
+        &["--sparsity", "0.5"],
+        &["--nm", "2:4"],
+    ] {
         let flags: Vec<&str> = geom.iter().chain(extra).copied().collect();
         check(&py, &sref, dir.path(), &f, &flags);
     }

@@ -169,7 +169,9 @@ impl Hessian {
 
     fn checked_square(cols: usize) -> Result<usize> {
         if cols == 0 {
-            return Err(SparseGptError::Param("a hessian needs at least one column".into()));
+            return Err(SparseGptError::Param(
+                "a hessian needs at least one column".into(),
+            ));
         }
         cols.checked_mul(cols)
             .filter(|n| n.checked_mul(8).is_some())
@@ -224,7 +226,9 @@ impl Hessian {
         check_finite("activations", x)?;
         let samples = if lead.len() == 1 { 1 } else { lead[0] as u64 };
         let c = self.cols;
-        self.push(samples, vectors, |v, out| out.copy_from_slice(&x[v * c..(v + 1) * c]));
+        self.push(samples, vectors, |v, out| {
+            out.copy_from_slice(&x[v * c..(v + 1) * c])
+        });
         Ok(())
     }
 
@@ -314,7 +318,13 @@ impl Hessian {
         Ok(())
     }
 
-    fn add_conv_checked(&mut self, x: &[f32], shape: [usize; 4], geom: &ConvGeometry, group: usize) {
+    fn add_conv_checked(
+        &mut self,
+        x: &[f32],
+        shape: [usize; 4],
+        geom: &ConvGeometry,
+        group: usize,
+    ) {
         let [n, ch, h, w] = shape;
         let [ho, wo] = geom.output_size(h, w).expect("checked by check_conv");
         let [kh, kw] = geom.kernel;
@@ -396,33 +406,30 @@ impl Hessian {
             return;
         }
         let x = MatRef::from_column_major_slice(&self.panel[..k * c], c, k);
-        self.g
-            .par_chunks_mut(c * T)
-            .enumerate()
-            .for_each_init(
-                || vec![0.0f32; T * T],
-                |tile, (jt, gpanel)| {
-                    let (j0, tj) = (jt * T, gpanel.len() / c);
-                    for i0 in (j0..c).step_by(T) {
-                        let ti = T.min(c - i0);
-                        let tm = MatMut::from_column_major_slice_mut(&mut tile[..ti * tj], ti, tj);
-                        matmul(
-                            tm,
-                            Accum::Replace,
-                            x.subrows(i0, ti),
-                            x.subrows(j0, tj).transpose(),
-                            1.0f32,
-                            Par::Seq,
-                        );
-                        for jj in 0..tj {
-                            let g = &mut gpanel[jj * c + i0..jj * c + i0 + ti];
-                            for (gv, &tv) in g.iter_mut().zip(&tile[jj * ti..(jj + 1) * ti]) {
-                                *gv += f64::from(tv);
-                            }
+        self.g.par_chunks_mut(c * T).enumerate().for_each_init(
+            || vec![0.0f32; T * T],
+            |tile, (jt, gpanel)| {
+                let (j0, tj) = (jt * T, gpanel.len() / c);
+                for i0 in (j0..c).step_by(T) {
+                    let ti = T.min(c - i0);
+                    let tm = MatMut::from_column_major_slice_mut(&mut tile[..ti * tj], ti, tj);
+                    matmul(
+                        tm,
+                        Accum::Replace,
+                        x.subrows(i0, ti),
+                        x.subrows(j0, tj).transpose(),
+                        1.0f32,
+                        Par::Seq,
+                    );
+                    for jj in 0..tj {
+                        let g = &mut gpanel[jj * c + i0..jj * c + i0 + ti];
+                        for (gv, &tv) in g.iter_mut().zip(&tile[jj * ti..(jj + 1) * ti]) {
+                            *gv += f64::from(tv);
                         }
                     }
-                },
-            );
+                }
+            },
+        );
         self.panel_len = 0;
     }
 
@@ -551,8 +558,7 @@ mod tests {
         // The references: H <- H n/(n+b); n += b; H += (2/n) Σ x xᵀ.
         let mut rng = Rng::new(3);
         let c = 16;
-        let batches: Vec<(Vec<f32>, usize)> =
-            (1..6).map(|b| (rng.normals(b * 5 * c), b)).collect();
+        let batches: Vec<(Vec<f32>, usize)> = (1..6).map(|b| (rng.normals(b * 5 * c), b)).collect();
         let mut run = vec![0.0f64; c * c];
         let mut n = 0usize;
         let mut h = Hessian::new(c).unwrap();
@@ -591,8 +597,14 @@ mod tests {
         let mut g = ConvGeometry::new([2, 2]);
         g.padding = [1, 0, 1, 0];
         let mut h = Hessian::new(4).unwrap();
-        h.add_conv(&[1.0, 2.0, 3.0, 4.0], [1, 1, 2, 2], &g, 0).unwrap();
-        let patches = [[0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 1.0, 2.0], [0.0, 1.0, 0.0, 3.0], [1.0, 2.0, 3.0, 4.0]];
+        h.add_conv(&[1.0, 2.0, 3.0, 4.0], [1, 1, 2, 2], &g, 0)
+            .unwrap();
+        let patches = [
+            [0.0, 0.0, 0.0, 1.0],
+            [0.0, 0.0, 1.0, 2.0],
+            [0.0, 1.0, 0.0, 3.0],
+            [1.0, 2.0, 3.0, 4.0],
+        ];
         let mut want = vec![0.0; 16];
         for p in &patches {
             for i in 0..4 {
@@ -633,14 +645,21 @@ mod tests {
         ] {
             let x = rng.normals(shape.iter().product());
             let cols = geom.cols(shape[1]);
-            let mut hs: Vec<Hessian> = (0..geom.groups).map(|_| Hessian::new(cols).unwrap()).collect();
+            let mut hs: Vec<Hessian> = (0..geom.groups)
+                .map(|_| Hessian::new(cols).unwrap())
+                .collect();
             Hessian::add_conv_groups(&mut hs, &x, shape, &geom).unwrap();
             for (g, h) in hs.into_iter().enumerate() {
                 assert_eq!(h.nsamples(), shape[0] as u64);
                 let vecs = naive_conv_vectors(&x, shape, &geom, g);
                 let flat: Vec<f32> = vecs.iter().flatten().map(|&v| v as f32).collect();
                 let want = naive_hessian(&flat, cols, shape[0] as u64);
-                assert_close(&h.into_matrix(), &want, 1e-6, &format!("conv {geom:?} group {g}"));
+                assert_close(
+                    &h.into_matrix(),
+                    &want,
+                    1e-6,
+                    &format!("conv {geom:?} group {g}"),
+                );
             }
         }
     }
@@ -671,9 +690,18 @@ mod tests {
     #[test]
     fn bad_inputs_are_errors() {
         let mut h = Hessian::new(4).unwrap();
-        assert!(matches!(h.add_linear(&[0.0; 8], &[8]), Err(SparseGptError::Shape(_))));
-        assert!(matches!(h.add_linear(&[0.0; 8], &[2, 3]), Err(SparseGptError::Shape(_))));
-        assert!(matches!(h.add_linear(&[0.0; 7], &[2, 4]), Err(SparseGptError::Length { .. })));
+        assert!(matches!(
+            h.add_linear(&[0.0; 8], &[8]),
+            Err(SparseGptError::Shape(_))
+        ));
+        assert!(matches!(
+            h.add_linear(&[0.0; 8], &[2, 3]),
+            Err(SparseGptError::Shape(_))
+        ));
+        assert!(matches!(
+            h.add_linear(&[0.0; 7], &[2, 4]),
+            Err(SparseGptError::Length { .. })
+        ));
         let mut x = vec![0.0; 8];
         x[5] = f32::NAN;
         assert!(matches!(
@@ -683,9 +711,15 @@ mod tests {
         let g = ConvGeometry::new([3, 3]);
         let mut h9 = Hessian::new(9).unwrap();
         // Input smaller than the kernel.
-        assert!(matches!(h9.add_conv(&[0.0; 4], [1, 1, 2, 2], &g, 0), Err(SparseGptError::Shape(_))));
+        assert!(matches!(
+            h9.add_conv(&[0.0; 4], [1, 1, 2, 2], &g, 0),
+            Err(SparseGptError::Shape(_))
+        ));
         // Wrong channel count for the hessian.
-        assert!(matches!(h9.add_conv(&[0.0; 18], [1, 2, 3, 3], &g, 0), Err(SparseGptError::Shape(_))));
+        assert!(matches!(
+            h9.add_conv(&[0.0; 18], [1, 2, 3, 3], &g, 0),
+            Err(SparseGptError::Shape(_))
+        ));
         assert!(Hessian::new(0).is_err());
         assert_eq!(h9.nsamples(), 0);
     }

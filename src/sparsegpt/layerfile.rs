@@ -89,7 +89,11 @@ impl LayerFile {
                 .collect(),
             Dtype::F32 => bytes
                 .chunks_exact(4)
-                .map(|b| conv(f64::from(f32::from_le_bytes(b.try_into().expect("4 bytes")))))
+                .map(|b| {
+                    conv(f64::from(f32::from_le_bytes(
+                        b.try_into().expect("4 bytes"),
+                    )))
+                })
                 .collect(),
             Dtype::F16 => bytes
                 .chunks_exact(2)
@@ -228,7 +232,10 @@ pub fn run_layer(file: &LayerFile, job: &LayerJob) -> Result<LayerResult> {
             .collect::<Result<Vec<_>>>()?;
         if let WeightLayout::Conv { kh, kw, .. } = layout {
             let shape: [usize; 4] = x.shape.as_slice().try_into().map_err(|_| {
-                file_err(&file.path, format!("a conv weight needs X [N, C, H, W], got {:?}", x.shape))
+                file_err(
+                    &file.path,
+                    format!("a conv weight needs X [N, C, H, W], got {:?}", x.shape),
+                )
             })?;
             let geom = ConvGeometry {
                 kernel: [kh, kw],

@@ -52,8 +52,8 @@ use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt::factor::{
     cholesky_in_place, cholesky_in_place_scratch, LltError, LltRegularization,
 };
-use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::linalg::matmul::matmul;
+use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::reborrow::ReborrowMut;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
@@ -137,7 +137,10 @@ impl PruneParams {
             return bad(format!("empty weight matrix ({rows} × {cols})"));
         }
         if !(self.percdamp.is_finite() && self.percdamp >= 0.0) {
-            return bad(format!("percdamp must be finite and >= 0, got {}", self.percdamp));
+            return bad(format!(
+                "percdamp must be finite and >= 0, got {}",
+                self.percdamp
+            ));
         }
         if self.sweep_block == 0 {
             return bad("sweep block must be at least 1 column".into());
@@ -347,7 +350,11 @@ fn factor_ul(
                 match &guard {
                     Some(g) if attempts <= params.damp_retries && g.restore(h, c) => {
                         mirror(h, c, Triangle::Upper);
-                        percdamp = if percdamp > 0.0 { percdamp * 10.0 } else { 0.01 };
+                        percdamp = if percdamp > 0.0 {
+                            percdamp * 10.0
+                        } else {
+                            0.01
+                        };
                     }
                     _ => return Err(failed),
                 }
@@ -373,7 +380,12 @@ impl UpperGuard {
     fn column_sums(h: &[f64], c: usize) -> Vec<u64> {
         h.par_chunks(c)
             .enumerate()
-            .map(|(j, col)| col[..j.saturating_sub(SCRATCH_BAND)].iter().sum::<f64>().to_bits())
+            .map(|(j, col)| {
+                col[..j.saturating_sub(SCRATCH_BAND)]
+                    .iter()
+                    .sum::<f64>()
+                    .to_bits()
+            })
             .collect()
     }
 
@@ -657,7 +669,11 @@ fn relative_error(
         .map(|(j, col)| {
             let mut s = 0.0;
             for (row, x) in col.iter_mut().enumerate() {
-                let w0 = if dead[j] { 0.0 } else { f64::from(w[row * c + j]) };
+                let w0 = if dead[j] {
+                    0.0
+                } else {
+                    f64::from(w[row * c + j])
+                };
                 s += (w0 - *x) * (w0 - *x);
                 *x = w0;
             }

@@ -14,14 +14,40 @@ fn hessian_of(x: &[f32], c: usize, nsamples: u64) -> Hessian {
 }
 
 /// Runs kernel and reference on the same H and compares mask, loss, weights.
-fn compare(w: &[f32], r: usize, c: usize, hfull: &[f64], p: &PruneParams, what: &str) -> PruneOutcome {
+fn compare(
+    w: &[f32],
+    r: usize,
+    c: usize,
+    hfull: &[f64],
+    p: &PruneParams,
+    what: &str,
+) -> PruneOutcome {
     let want = naive_prune(w, r, c, hfull, p);
-    let got = prune_layer(w, r, c, Hessian::from_matrix(c, hfull.to_vec(), 1).unwrap(), p)
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-    let diff = got.mask.iter().zip(&want.mask).filter(|(a, b)| a != b).count();
-    assert_eq!(diff, 0, "{what}: {diff} mask bits differ from the reference");
+    let got = prune_layer(
+        w,
+        r,
+        c,
+        Hessian::from_matrix(c, hfull.to_vec(), 1).unwrap(),
+        p,
+    )
+    .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let diff = got
+        .mask
+        .iter()
+        .zip(&want.mask)
+        .filter(|(a, b)| a != b)
+        .count();
+    assert_eq!(
+        diff, 0,
+        "{what}: {diff} mask bits differ from the reference"
+    );
     let rel = (got.loss - want.loss).abs() / want.loss.abs().max(1e-300);
-    assert!(rel <= 1e-9, "{what}: loss {} vs reference {} (rel {rel:e})", got.loss, want.loss);
+    assert!(
+        rel <= 1e-9,
+        "{what}: loss {} vs reference {} (rel {rel:e})",
+        got.loss,
+        want.loss
+    );
     let wmax = w.iter().fold(0.0f64, |m, &v| m.max(f64::from(v).abs()));
     for (k, (&a, &b)) in got.weights.iter().zip(&want.weights).enumerate() {
         // f32 output: within f32 rounding of the f64 reference.
@@ -29,7 +55,11 @@ fn compare(w: &[f32], r: usize, c: usize, hfull: &[f64], p: &PruneParams, what: 
             (f64::from(a) - b).abs() <= 1e-6 * wmax,
             "{what}: weight {k}: {a} vs {b}"
         );
-        assert_eq!(a == 0.0, got.mask[k] || b == 0.0, "{what}: zero/mask mismatch at {k}");
+        assert_eq!(
+            a == 0.0,
+            got.mask[k] || b == 0.0,
+            "{what}: zero/mask mismatch at {k}"
+        );
     }
     assert!((got.damp - want.damp).abs() <= 1e-12 * want.damp.abs());
     assert_eq!(got.pruned, got.mask.iter().filter(|&&m| m).count());
@@ -53,7 +83,14 @@ fn unstructured_matches_the_literal_spec() {
         let h = naive_hessian(&x, c, 4 * c as u64);
         let mut p = PruneParams::unstructured(s);
         p.sweep_block = b;
-        compare(&w, r, c, &h, &p, &format!("unstructured r={r} c={c} B={b} s={s}"));
+        compare(
+            &w,
+            r,
+            c,
+            &h,
+            &p,
+            &format!("unstructured r={r} c={c} B={b} s={s}"),
+        );
     }
 }
 
@@ -70,14 +107,20 @@ fn exact_rule_matches_the_literal_spec() {
         p.sweep_block = 32;
         let got = compare(&w, 20, 90, &h, &p, &format!("exact s={s}"));
         // Exactly ⌊numel·s⌋ per block.
-        let want: usize = [32, 32, 26].iter().map(|&k| (20.0 * k as f64 * s) as usize).sum();
+        let want: usize = [32, 32, 26]
+            .iter()
+            .map(|&k| (20.0 * k as f64 * s) as usize)
+            .sum();
         assert_eq!(got.pruned, want, "exact rule count at s={s}");
     }
 }
 
 #[test]
 fn n_of_m_matches_the_literal_spec() {
-    for (i, &(n, m, b)) in [(2, 4, 128), (4, 8, 16), (1, 4, 8), (3, 4, 12)].iter().enumerate() {
+    for (i, &(n, m, b)) in [(2, 4, 128), (4, 8, 16), (1, 4, 8), (3, 4, 12)]
+        .iter()
+        .enumerate()
+    {
         let (r, c) = (21, 96);
         let (w, x) = correlated_layer(r, c, 400, 200 + i as u64);
         let h = naive_hessian(&x, c, 400);
@@ -86,7 +129,10 @@ fn n_of_m_matches_the_literal_spec() {
         let got = compare(&w, r, c, &h, &p, &format!("{n}:{m} B={b}"));
         for row in 0..r {
             for g in (0..c).step_by(m) {
-                let k = got.mask[row * c + g..row * c + g + m].iter().filter(|&&x| x).count();
+                let k = got.mask[row * c + g..row * c + g + m]
+                    .iter()
+                    .filter(|&&x| x)
+                    .count();
                 assert_eq!(k, n, "row {row} group {g}");
             }
         }
@@ -154,18 +200,29 @@ fn loss_identity_and_relative_error() {
         t
     };
     let dw = |row: usize, j: usize| {
-        let w0 = if j == 5 { 0.0 } else { f64::from(w[row * c + j]) };
+        let w0 = if j == 5 {
+            0.0
+        } else {
+            f64::from(w[row * c + j])
+        };
         w0 - f64::from(got.weights[row * c + j])
     };
     let lhs = 0.5 * quad(&dw, got.damp);
-    assert!((got.loss - lhs).abs() <= 1e-6 * lhs, "loss {} vs ½ tr(ΔW H_d ΔWᵀ) {lhs}", got.loss);
+    assert!(
+        (got.loss - lhs).abs() <= 1e-6 * lhs,
+        "loss {} vs ½ tr(ΔW H_d ΔWᵀ) {lhs}",
+        got.loss
+    );
     let orig = |row: usize, j: usize| f64::from(w[row * c + j]);
     let full_dw = |row: usize, j: usize| orig(row, j) - f64::from(got.weights[row * c + j]);
     let want = quad(&full_dw, 0.0) / quad(&orig, 0.0);
     let rel = got.rel_error.unwrap();
     // The kernel's numerator comes from the f64 loss, the test's from the
     // f32 output weights: agreement to f32 rounding.
-    assert!((rel - want).abs() <= 1e-5 * want, "rel_error {rel} vs {want}");
+    assert!(
+        (rel - want).abs() <= 1e-5 * want,
+        "rel_error {rel} vs {want}"
+    );
     assert!(rel > 0.0 && rel < 0.5);
 }
 
@@ -181,7 +238,10 @@ fn beats_magnitude_pruning_by_far() {
     let mut mags: Vec<f32> = w.iter().map(|v| v.abs()).collect();
     mags.sort_by(f32::total_cmp);
     let th = mags[got.pruned - 1];
-    let wm: Vec<f64> = w.iter().map(|&v| if v.abs() <= th { 0.0 } else { f64::from(v) }).collect();
+    let wm: Vec<f64> = w
+        .iter()
+        .map(|&v| if v.abs() <= th { 0.0 } else { f64::from(v) })
+        .collect();
     let (mut num, mut den) = (0.0, 0.0);
     for row in 0..r {
         for i in 0..c {
@@ -217,7 +277,10 @@ fn same_bits_whatever_the_thread_count() {
     let (r, c) = (96, 640);
     let (w, x) = correlated_layer(r, c, 1500, 21);
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
         pool.install(|| {
             let h = hessian_of(&x, c, 3);
             let mut p = PruneParams::unstructured(0.5);
@@ -230,7 +293,10 @@ fn same_bits_whatever_the_thread_count() {
     let bits = |o: &PruneOutcome| o.weights.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(&one), bits(&three));
     assert_eq!(one.loss.to_bits(), three.loss.to_bits());
-    assert_eq!(one.rel_error.map(f64::to_bits), three.rel_error.map(f64::to_bits));
+    assert_eq!(
+        one.rel_error.map(f64::to_bits),
+        three.rel_error.map(f64::to_bits)
+    );
 }
 
 #[test]
@@ -241,36 +307,41 @@ fn indefinite_hessian_retries_with_more_damping_then_fails() {
     // c = 300 puts most of the matrix outside the scratch band that the
     // retry restores (its checksum guard is exercised too).
     for c in [40, 300] {
-    let mut h = vec![0.0f64; c * c];
-    for j in 0..c {
-        h[j + j * c] = 1.0;
-        for i in j + 2..c {
-            let v = 1e-4 * ((i * 7 + j * 13) % 11) as f64 / 11.0;
-            h[i + j * c] = v;
-            h[j + i * c] = v;
+        let mut h = vec![0.0f64; c * c];
+        for j in 0..c {
+            h[j + j * c] = 1.0;
+            for i in j + 2..c {
+                let v = 1e-4 * ((i * 7 + j * 13) % 11) as f64 / 11.0;
+                h[i + j * c] = v;
+                h[j + i * c] = v;
+            }
         }
-    }
-    h[c - 1] = 1.05;
-    h[(c - 1) * c] = 1.05;
-    let mut rng = Rng::new(15);
-    let w = rng.normals(6 * c);
-    let mut p = PruneParams::unstructured(0.5);
-    p.damp_retries = 0;
-    let err = prune_layer(&w, 6, c, Hessian::from_matrix(c, h.clone(), 1).unwrap(), &p);
-    let Err(SparseGptError::NotPositiveDefinite { attempts: 1, pivot, percdamp }) = err else {
-        panic!("expected a factorisation failure, got {err:?}");
-    };
-    assert_eq!((pivot, percdamp), (0, 0.01), "c={c}");
-    p.damp_retries = 2;
-    let ok = prune_layer(&w, 6, c, Hessian::from_matrix(c, h.clone(), 1).unwrap(), &p).unwrap();
-    assert_eq!((ok.attempts, ok.percdamp), (2, 0.1));
-    // The retry worked on the restored Hessian: same bits as asking for
-    // 10 % damping directly.
-    p.percdamp = 0.1;
-    let direct = prune_layer(&w, 6, c, Hessian::from_matrix(c, h, 1).unwrap(), &p).unwrap();
-    assert_eq!(direct.attempts, 1);
-    let bits = |o: &PruneOutcome| o.weights.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-    assert_eq!(bits(&ok), bits(&direct));
+        h[c - 1] = 1.05;
+        h[(c - 1) * c] = 1.05;
+        let mut rng = Rng::new(15);
+        let w = rng.normals(6 * c);
+        let mut p = PruneParams::unstructured(0.5);
+        p.damp_retries = 0;
+        let err = prune_layer(&w, 6, c, Hessian::from_matrix(c, h.clone(), 1).unwrap(), &p);
+        let Err(SparseGptError::NotPositiveDefinite {
+            attempts: 1,
+            pivot,
+            percdamp,
+        }) = err
+        else {
+            panic!("expected a factorisation failure, got {err:?}");
+        };
+        assert_eq!((pivot, percdamp), (0, 0.01), "c={c}");
+        p.damp_retries = 2;
+        let ok = prune_layer(&w, 6, c, Hessian::from_matrix(c, h.clone(), 1).unwrap(), &p).unwrap();
+        assert_eq!((ok.attempts, ok.percdamp), (2, 0.1));
+        // The retry worked on the restored Hessian: same bits as asking for
+        // 10 % damping directly.
+        p.percdamp = 0.1;
+        let direct = prune_layer(&w, 6, c, Hessian::from_matrix(c, h, 1).unwrap(), &p).unwrap();
+        assert_eq!(direct.attempts, 1);
+        let bits = |o: &PruneOutcome| o.weights.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&ok), bits(&direct));
     }
 }
 
@@ -307,20 +378,39 @@ fn parameter_and_input_errors() {
     bad[3] = f32::INFINITY;
     assert!(matches!(
         prune_layer(&bad, 4, 16, h(), &PruneParams::unstructured(0.5)),
-        Err(SparseGptError::NonFinite { what: "weight", index: 3 })
+        Err(SparseGptError::NonFinite {
+            what: "weight",
+            index: 3
+        })
     ));
     let mut hb = naive_hessian(&x, 16, 1);
     hb[17] = f64::NAN;
     assert!(matches!(
-        prune_layer(&w, 4, 16, Hessian::from_matrix(16, hb, 1).unwrap(), &PruneParams::unstructured(0.5)),
-        Err(SparseGptError::NonFinite { what: "hessian", .. })
+        prune_layer(
+            &w,
+            4,
+            16,
+            Hessian::from_matrix(16, hb, 1).unwrap(),
+            &PruneParams::unstructured(0.5)
+        ),
+        Err(SparseGptError::NonFinite {
+            what: "hessian",
+            ..
+        })
     ));
 }
 
 #[test]
 fn no_samples_means_every_input_is_dead() {
     let (w, _) = correlated_layer(4, 16, 1, 1);
-    let got = prune_layer(&w, 4, 16, Hessian::new(16).unwrap(), &PruneParams::unstructured(0.5)).unwrap();
+    let got = prune_layer(
+        &w,
+        4,
+        16,
+        Hessian::new(16).unwrap(),
+        &PruneParams::unstructured(0.5),
+    )
+    .unwrap();
     assert_eq!(got.dead_columns, 16);
     assert!(got.weights.iter().all(|&v| v == 0.0));
 }
@@ -392,4 +482,3 @@ proptest! {
         }
     }
 }
-
