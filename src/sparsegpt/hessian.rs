@@ -215,7 +215,7 @@ impl Hessian {
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
             .ok_or_else(|| SparseGptError::Shape(format!("input shape {shape:?} overflows")))?;
-        let expected = vectors.checked_mul(last).unwrap_or(usize::MAX);
+        let expected = vectors.saturating_mul(last);
         if x.len() != expected {
             return Err(SparseGptError::Length {
                 what: "linear input",
