@@ -81,7 +81,9 @@ rm -f "$test_log"
 if [ -f "$repo/fuzz/Cargo.toml" ]; then
     # cargo-fuzz needs nightly to *run* the targets; building them must work on stable.
     step "cargo build --manifest-path fuzz/Cargo.toml (stable build of the fuzz targets)"
-    cargo build --manifest-path fuzz/Cargo.toml
+    # Same target directory and dev profile as the main build, so the heavy dependencies
+    # (candle, faer) compiled for the tests are reused instead of built a second time.
+    CARGO_TARGET_DIR="$repo/target" cargo build --manifest-path fuzz/Cargo.toml
 else
     step "fuzz: skipped (no fuzz/Cargo.toml)"
 fi

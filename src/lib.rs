@@ -21,5 +21,6 @@ pub mod model;
 pub mod package;
 pub mod proto;
 pub mod report;
+pub mod sparsegpt;
 
 pub use error::{Error, Result};
