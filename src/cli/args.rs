@@ -43,7 +43,70 @@ pub enum Command {
     /// weight, whole blocks, or N of every M along the input axis, written
     /// as constexpr_sparse_to_dense; with --nbits also palettized (joint).
     Prune(Box<PruneArgs>),
+    /// Linear quantization: int8/uint8/int4/uint4 codes with a scale (and
+    /// zero point) per tensor, per output channel or per block, written as
+    /// constexpr_blockwise_shift_scale (iOS18) or constexpr_affine_dequantize.
+    Quantize(Box<QuantizeArgs>),
 }
+
+/// Code types of `quantize`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum QDTypeArg {
+    /// Signed 8-bit (default).
+    Int8,
+    /// Unsigned 8-bit.
+    Uint8,
+    /// Signed 4-bit (iOS18).
+    Int4,
+    /// Unsigned 4-bit (iOS18).
+    Uint4,
+}
+
+/// Granularities of `quantize`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum QGranularityArg {
+    /// One scale per tensor.
+    PerTensor,
+    /// One scale per output channel (default).
+    PerChannel,
+    /// One scale per output channel and block of --block-size input
+    /// channels (iOS18).
+    PerBlock,
+}
+
+/// `sdcompress quantize`.
+#[derive(Debug, Args)]
+#[command(after_help = QUANTIZE_AFTER_HELP)]
+pub struct QuantizeArgs {
+    #[command(flatten)]
+    pub common: CommonCompressArgs,
+    /// Code type (default int8).
+    #[arg(long, value_enum)]
+    pub dtype: Option<QDTypeArg>,
+    /// Scale granularity (default per-channel; per-block with --block-size).
+    #[arg(long, value_enum)]
+    pub granularity: Option<QGranularityArg>,
+    /// Input channels per block (per-block granularity; default 32).
+    #[arg(long, value_name = "N")]
+    pub block_size: Option<usize>,
+    /// Range symmetric around 0, zero point fixed (default; coremltools'
+    /// linear_symmetric).
+    #[arg(long, conflicts_with = "asymmetric")]
+    pub symmetric: bool,
+    /// Range [min(0,min), max(0,max)] with a per-block zero point
+    /// (coremltools' linear).
+    #[arg(long)]
+    pub asymmetric: bool,
+}
+
+const QUANTIZE_AFTER_HELP: &str = "\
+Each weight takes, for its block's scale, the code whose decoded value is
+nearest to it (round half to even on ties); 0 always decodes to exactly 0.
+4-bit codes and per-block scales need iOS18 (pass --upgrade-opset on older
+models); below iOS18, int8/uint8 per-tensor/per-channel weights are written as
+constexpr_affine_dequantize.
+
+Exit codes: 0 success, 2 any error (nothing is written).";
 
 /// Pruning methods.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

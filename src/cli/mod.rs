@@ -7,6 +7,7 @@ mod info;
 mod palettize;
 mod progress;
 mod prune;
+mod quantize;
 
 pub use args::{Cli, Command};
 
@@ -33,6 +34,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Decompress(a) => decompress::run(a, quiet),
         Command::Palettize(a) => palettize::run(*a, quiet),
         Command::Prune(a) => prune::run(*a, quiet),
+        Command::Quantize(a) => quantize::run(*a, quiet),
     }
 }
 

@@ -287,3 +287,56 @@ mod tests {
         assert!(bad.lut().is_err());
     }
 }
+
+/// Linear quantization granularity (coremltools' names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuantGranularity {
+    /// One scale for the whole tensor.
+    PerTensor,
+    /// One scale per output channel.
+    PerChannel,
+    /// One scale per output channel and block of `block_size` input
+    /// channels (iOS18).
+    PerBlock,
+}
+
+/// Linear quantization mode (coremltools' names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuantMode {
+    /// Range symmetric around 0; zero point fixed (0, or the middle code of
+    /// unsigned types).
+    LinearSymmetric,
+    /// Range [min(0, min), max(0, max)] with a rounded zero point.
+    Linear,
+}
+
+/// One (possibly partial) linear quantizer config, with coremltools'
+/// `OpLinearQuantizerConfig` field names.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuantizeEntry {
+    /// linear_symmetric (default) / linear.
+    pub mode: Option<QuantMode>,
+    /// int8 (default) / uint8 / int4 / uint4.
+    pub dtype: Option<crate::kernels::quantize::QType>,
+    /// per_channel (default) / per_tensor / per_block.
+    pub granularity: Option<QuantGranularity>,
+    /// Input channels per block (per_block; default 32).
+    pub block_size: Option<usize>,
+    /// Compress only weights with more elements than this.
+    pub weight_threshold: Option<usize>,
+}
+
+impl Entry for QuantizeEntry {
+    fn over(&self, base: &QuantizeEntry) -> QuantizeEntry {
+        QuantizeEntry {
+            mode: self.mode.or(base.mode),
+            dtype: self.dtype.or(base.dtype),
+            granularity: self.granularity.or(base.granularity),
+            block_size: self.block_size.or(base.block_size),
+            weight_threshold: self.weight_threshold.or(base.weight_threshold),
+        }
+    }
+}

@@ -245,6 +245,7 @@ impl WeightPass for Palettize {
             detail.insert("lut_values".into(), "nonzero".into());
         }
         Ok(Compressed {
+            quant: None,
             keep: input.keep,
             values: None,
             lut: Some(lut),
