@@ -62,8 +62,10 @@ pub enum QDTypeArg {
     Uint4,
 }
 
-/// Granularities of `quantize`.
+/// Granularities of `quantize` (named as the flag values, which all start
+/// with "per").
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[allow(clippy::enum_variant_names)]
 pub enum QGranularityArg {
     /// One scale per tensor.
     PerTensor,

@@ -235,7 +235,7 @@ impl WeightPass for Quantize {
             },
         };
         let serde_json::Value::Object(detail) = serde_json::json!({
-            "dtype": p.qtype,
+            "quant_dtype": p.qtype,
             "mode": p.mode,
             "granularity": p.granularity,
             "channel_axis": p.axis,
