@@ -291,6 +291,21 @@ pub struct LutArgs {
     /// How LUT entries are chosen.
     #[arg(long, value_enum)]
     pub mode: Option<ModeArg>,
+    /// When a weight's channel count is not a multiple of --group-size:
+    /// 'divisor' (default) uses the largest divisor of the channel count
+    /// that is <= the group size (recorded per weight in the report);
+    /// 'skip' leaves the weight uncompressed, as coremltools does.
+    #[arg(long, value_enum, value_name = "divisor|skip")]
+    pub group_size_fallback: Option<FallbackArg>,
+}
+
+/// Values of --group-size-fallback.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum FallbackArg {
+    /// Largest divisor of the channel count <= the group size.
+    Divisor,
+    /// Leave the weight uncompressed.
+    Skip,
 }
 
 /// `sdcompress info`.
