@@ -567,3 +567,92 @@ fn config_file_per_op_type() {
     }
     assert!(n > 0);
 }
+
+/// Quantizing a pruned package gives the joint form (iOS18):
+/// `constexpr_sparse_blockwise_shift_scale` → `constexpr_sparse_to_dense`, the mask kept, the
+/// codes of the kept values only. coremltools loads it and its `decompress_weights` equals our
+/// `decompress` bit for bit, and an iOS16 pruned package
+/// needs `--upgrade-opset`.
+#[test]
+fn pruned_input_gives_joint_sparse_quantized() {
+    let tmp = tempdir();
+    let base = fixture("tiny-sd-unet-ios18.prune0.4");
+    let mut runs = Vec::new();
+    for (id, args) in [
+        ("sq-int8", &["--dtype", "int8"][..]),
+        (
+            "sq-uint4-asym-block",
+            &["--dtype", "uint4", "--asymmetric", "--block-size", "16"][..],
+        ),
+    ] {
+        let run = quantize(&base, &tmp.path().join(format!("{id}.mlpackage")), args);
+        let ops = constexpr_ops(&run.out);
+        assert_eq!(
+            ops.keys().collect::<Vec<_>>(),
+            vec!["constexpr_sparse_to_dense"],
+            "{id}: the generic count only matches the dense op names; see below"
+        );
+        let text = info_json(&run.out).to_string();
+        assert!(
+            text.contains("constexpr_sparse_blockwise_shift_scale"),
+            "{id}"
+        );
+        let ws = compressed(&run.report);
+        assert_eq!(ws.len(), 81, "{id}");
+        for w in &ws {
+            let s = w["sparsity"].as_f64().unwrap();
+            assert!((s - 0.4).abs() < 0.01, "{id}: {}: sparsity {s}", w["name"]);
+            let numel: u64 = w["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .product();
+            let bits = if id.contains("uint4") { 4 } else { 8 };
+            assert_eq!(w["mask_bits"].as_u64(), Some(numel), "{id}");
+            assert_eq!(
+                w["value_bits"].as_u64(),
+                Some(w["nonzero"].as_u64().unwrap() * bits),
+                "{id}"
+            );
+        }
+        runs.push((id, run));
+    }
+    let out = tmp.path().join("ios16.mlpackage");
+    let o = quantize_cmd(&fixture("tiny-sd-unet.prune0.4"), &out, &[])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("joint sparse + quantized"));
+    assert_nothing_written(&out);
+    let up = quantize(
+        &fixture("tiny-sd-unet.prune0.4"),
+        &out,
+        &["--upgrade-opset"],
+    );
+    assert_eq!(up.report["specification_version"][1], 9);
+    assert_eq!(compressed(&up.report).len(), 81);
+
+    // coremltools' decompress_weights (the whole chain) loads the output and gives exactly
+    // what our decompress gives.
+    let Some(py) = python() else { return };
+    let mut wjobs = Vec::new();
+    let mut vs_ct: Vec<OsString> = vec!["--weights-only".into(), "--pairs".into()];
+    for (id, run) in &runs {
+        let dec = tmp.path().join(format!("{id}.dec.mlpackage"));
+        assert_success(&decompress(&run.out, &dec, false), "decompress");
+        let ct = tmp.path().join(format!("{id}.ct.npz"));
+        let ours = tmp.path().join(format!("{id}.ours.npz"));
+        wjobs.push(json!({"package": run.out, "out": ct, "decompress": true}));
+        wjobs.push(json!({"package": dec, "out": ours, "decompress": false}));
+        vs_ct.extend([ours.into_os_string(), ct.into_os_string()]);
+    }
+    let jobs_file = tmp.path().join("wjobs.json");
+    std::fs::write(&jobs_file, serde_json::to_vec(&wjobs).unwrap()).unwrap();
+    let mut cmd = py_cmd(&py, "ct_weights.py");
+    cmd.arg("--quiet").arg("--jobs").arg(&jobs_file);
+    run_ok(cmd);
+    let mut cmd = py_cmd(&py, "compare_weights.py");
+    cmd.args(&vs_ct);
+    println!("{}", run_ok(cmd).trim());
+}

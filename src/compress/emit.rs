@@ -469,3 +469,72 @@ pub fn quantized(
         attributes,
     })
 }
+
+/// The joint sparse + quantized form (iOS18 only):
+/// `constexpr_sparse_blockwise_shift_scale` (mask, codes of the kept
+/// elements, scale, offset; block rules on the dense shape) feeding
+/// `constexpr_sparse_to_dense` through its two outputs. `q.codes` are the
+/// kept elements' codes in row-major order. Writes the mask, the codes,
+/// the scale, then the offset.
+pub fn sparse_quantized(
+    em: &mut Emitter<'_, '_>,
+    n: &JointNames<'_>,
+    dtype: DType,
+    shape: &[usize],
+    mask: &[u8],
+    q: &Quant,
+) -> Result<[Operation; 2], Error> {
+    let kept = q.codes.len();
+    let m = Tensor {
+        dtype: DType::Uint1,
+        shape: shape.to_vec(),
+        data: Data::U8(mask.to_vec()),
+    };
+    let codes = Tensor {
+        dtype: q.qdtype,
+        shape: vec![kept],
+        data: q.codes.clone(),
+    };
+    let scale = Tensor {
+        dtype,
+        shape: q.grid.clone(),
+        data: q.scale.clone(),
+    };
+    let mut inputs = BTreeMap::new();
+    inputs.insert("data_mask".to_string(), inline_arg(em.value(&m)?));
+    inputs.insert("nonzero_data".to_string(), inline_arg(em.value(&codes)?));
+    inputs.insert("scale".to_string(), inline_arg(em.value(&scale)?));
+    if let Some(o) = &q.offset {
+        let off = Tensor {
+            dtype: q.qdtype,
+            shape: q.grid.clone(),
+            data: o.clone(),
+        };
+        inputs.insert("offset".to_string(), inline_arg(em.value(&off)?));
+    }
+    let mut attributes = BTreeMap::new();
+    attributes.insert("name".to_string(), string_value(n.lut_op));
+    let sq = Operation {
+        r#type: "constexpr_sparse_blockwise_shift_scale".into(),
+        inputs,
+        outputs: vec![
+            single_output(n.lut_outputs[0], DType::Uint1, shape),
+            single_output(n.lut_outputs[1], dtype, &[kept]),
+        ],
+        blocks: vec![],
+        attributes,
+    };
+    let mut inputs = BTreeMap::new();
+    inputs.insert("mask".to_string(), named_arg(n.lut_outputs[0]));
+    inputs.insert("nonzero_data".to_string(), named_arg(n.lut_outputs[1]));
+    let mut attributes = BTreeMap::new();
+    attributes.insert("name".to_string(), string_value(n.sparse_op));
+    let std = Operation {
+        r#type: "constexpr_sparse_to_dense".into(),
+        inputs,
+        outputs: vec![single_output(n.output, dtype, shape)],
+        blocks: vec![],
+        attributes,
+    };
+    Ok([sq, std])
+}

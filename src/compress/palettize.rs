@@ -179,7 +179,11 @@ pub fn lut_detail(p: &LutPlan, l: &Lut) -> serde_json::Map<String, serde_json::V
         "nbits": l.nbits,
         "granularity": p.settings.granularity,
         "channel_axis": l.axis,
-        "group_size": if l.groups > 1 { Some(l.group_size) } else { None },
+        "group_size": if l.groups > 1 || p.settings.granularity == Granularity::PerGroupedChannel {
+            Some(l.group_size)
+        } else {
+            None
+        },
         "group_size_requested": p.settings.requested_group_size,
         "groups": l.groups,
     }) else {

@@ -368,6 +368,49 @@ impl Builder<'_, '_, '_> {
             Source::Sparse => op_name(b.op).unwrap_or_else(|| w.value_name.clone()),
             Source::Const => b.fresh(&format!("{}_sparsified", w.const_name)),
         };
+        if let (Some(keep), Some(q)) = (&c.keep, &c.quant) {
+            // Joint sparse + quantized: the codes of the kept elements only.
+            let kept_codes = match &q.codes {
+                Data::I8(v) => Data::I8(
+                    v.iter()
+                        .zip(keep)
+                        .filter(|(_, &k)| k)
+                        .map(|(&c, _)| c)
+                        .collect(),
+                ),
+                Data::U8(v) => Data::U8(
+                    v.iter()
+                        .zip(keep)
+                        .filter(|(_, &k)| k)
+                        .map(|(&c, _)| c)
+                        .collect(),
+                ),
+                _ => unreachable!("codes are I8 or U8"),
+            };
+            let q = Quant {
+                codes: kept_codes,
+                ..q.clone()
+            };
+            let sparse = sparse_name(self);
+            let sq_op = self.fresh(&format!("{sparse}_nonzero_data_quantized"));
+            let out0 = self.fresh(&format!("{sq_op}_0"));
+            let out1 = self.fresh(&format!("{sq_op}_1"));
+            let names = JointNames {
+                lut_op: &sq_op,
+                lut_outputs: [&out0, &out1],
+                sparse_op: &sparse,
+                output: &w.value_name,
+            };
+            return Ok(emit::sparse_quantized(
+                &mut self.em,
+                &names,
+                w.dtype,
+                &w.shape,
+                &mask(),
+                &q,
+            )?
+            .into());
+        }
         if let (None, Some(q)) = (&c.keep, &c.quant) {
             let name = self.fresh(&format!("{}_quantized", w.const_name));
             return Ok(vec![emit::quantized(

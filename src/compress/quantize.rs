@@ -6,8 +6,12 @@
 
 use super::config::{OptimizationConfig, QuantGranularity, QuantMode, QuantizeEntry};
 use super::emit::Quant;
+use super::palettize::sparsity_detail;
 use super::pass::{Compressed, Decision, TargetOptions, WeightData, WeightPass, WeightRewriter};
-use super::select::{channel_axis, Selection, Weight};
+use super::select::{channel_axis, Selection, Source, Weight};
+
+/// Reason joint sparse + quantized ops need iOS18.
+pub const JOINT_QUANT_NEEDS_IOS18: &str = "joint sparse + quantized weights";
 use crate::kernels::quantize::{quantize_blocks, QType, QuantError, Spec, Store};
 use crate::mil::value::BlobFiles;
 use crate::mil::{DType, Data, FunctionIndex};
@@ -66,7 +70,7 @@ impl Quantize {
             upgrade_opset: opts.upgrade_opset,
             min_spec: opts.min_spec,
         };
-        WeightRewriter::plan(pkg, pass, &target, "quantizing", false)
+        WeightRewriter::plan(pkg, pass, &target, "quantizing", true)
     }
 }
 
@@ -177,7 +181,10 @@ impl WeightPass for Quantize {
         }))
     }
 
-    fn ios18_reason(&self, _w: &Weight, s: &QuantPlan) -> Option<&'static str> {
+    fn ios18_reason(&self, w: &Weight, s: &QuantPlan) -> Option<&'static str> {
+        if w.source == Source::Sparse {
+            return Some(JOINT_QUANT_NEEDS_IOS18);
+        }
         (s.qtype.bits() == 4 || s.granularity == QuantGranularity::PerBlock)
             .then_some("4-bit and per-block quantization")
     }
@@ -234,7 +241,7 @@ impl WeightPass for Quantize {
                 _ => None,
             },
         };
-        let serde_json::Value::Object(detail) = serde_json::json!({
+        let serde_json::Value::Object(mut detail) = serde_json::json!({
             "quant_dtype": p.qtype,
             "mode": p.mode,
             "granularity": p.granularity,
@@ -245,9 +252,16 @@ impl WeightPass for Quantize {
         }) else {
             unreachable!("an object literal")
         };
+        // A pruned input keeps its mask: pruned positions decode to exactly
+        // 0 and are not stored; its zeros lie inside every block's range
+        // (symmetric, or widened to contain 0), so they do not change the
+        // scales of the kept values.
+        if let Some(k) = &input.keep {
+            detail.extend(sparsity_detail(k));
+        }
         Ok(Compressed {
             quant: Some(quant),
-            keep: None,
+            keep: input.keep,
             values: None,
             lut: None,
             metrics: Metrics::from_sums(q.signal, q.sse, q.max_abs),
