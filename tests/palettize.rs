@@ -1009,7 +1009,16 @@ fn grouped_channel_needs_ios18_and_upgrades_with_flag() {
     let mlsd = palettize(
         &fixture("mlsd-unet-ios16"),
         &d.join("mlsd.mlpackage"),
-        &["--nbits", "4", "--group-size", "16", "--upgrade-opset"],
+        // coremltools' behaviour (skip); the default divisor fallback is tested below.
+        &[
+            "--nbits",
+            "4",
+            "--group-size",
+            "16",
+            "--upgrade-opset",
+            "--group-size-fallback",
+            "skip",
+        ],
     );
     assert_eq!(mlsd.report["specification_version"], json!([7, 9]));
     assert_ios18(&mlsd.out);
@@ -1041,6 +1050,17 @@ fn grouped_channel_needs_ios18_and_upgrades_with_flag() {
             assert!(why.contains("weight threshold"), "{}: {why}", name_of(w));
         }
     }
+    // With the default fallback, conv_out's 4 channels form one group of 4.
+    let mlsd_div = palettize(
+        &fixture("mlsd-unet-ios16"),
+        &d.join("mlsd-div.mlpackage"),
+        &["--nbits", "4", "--group-size", "16", "--upgrade-opset"],
+    );
+    let c = by_name(&mlsd_div.report)["conv_out_weight_to_fp16"].clone();
+    assert!(c["skipped"].is_null(), "{c}");
+    assert_eq!(c["group_size"], 4, "{c}");
+    assert_eq!(c["group_size_requested"], 16, "{c}");
+    assert_eq!(c["groups"], 1, "{c}");
     let Some(py) = python() else { return };
     let facts = ct_facts(
         &py,

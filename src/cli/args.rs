@@ -50,7 +50,72 @@ pub enum Command {
     /// Run a reference and a compressed model on the same samples and
     /// report output PSNR, relative L2 and max error per output.
     Eval(EvalArgs),
+    /// Linear quantization: int8/uint8/int4/uint4 codes with a scale (and
+    /// zero point) per tensor, per output channel or per block, written as
+    /// constexpr_blockwise_shift_scale (iOS18) or constexpr_affine_dequantize.
+    Quantize(Box<QuantizeArgs>),
 }
+
+/// Code types of `quantize`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum QDTypeArg {
+    /// Signed 8-bit (default).
+    Int8,
+    /// Unsigned 8-bit.
+    Uint8,
+    /// Signed 4-bit (iOS18).
+    Int4,
+    /// Unsigned 4-bit (iOS18).
+    Uint4,
+}
+
+/// Granularities of `quantize` (named as the flag values, which all start
+/// with "per").
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[allow(clippy::enum_variant_names)]
+pub enum QGranularityArg {
+    /// One scale per tensor.
+    PerTensor,
+    /// One scale per output channel (default).
+    PerChannel,
+    /// One scale per output channel and block of --block-size input
+    /// channels (iOS18).
+    PerBlock,
+}
+
+/// `sdcompress quantize`.
+#[derive(Debug, Args)]
+#[command(after_help = QUANTIZE_AFTER_HELP)]
+pub struct QuantizeArgs {
+    #[command(flatten)]
+    pub common: CommonCompressArgs,
+    /// Code type (default int8).
+    #[arg(long, value_enum)]
+    pub dtype: Option<QDTypeArg>,
+    /// Scale granularity (default per-channel; per-block with --block-size).
+    #[arg(long, value_enum)]
+    pub granularity: Option<QGranularityArg>,
+    /// Input channels per block (per-block granularity; default 32).
+    #[arg(long, value_name = "N")]
+    pub block_size: Option<usize>,
+    /// Range symmetric around 0, zero point fixed (default; coremltools'
+    /// linear_symmetric).
+    #[arg(long, conflicts_with = "asymmetric")]
+    pub symmetric: bool,
+    /// Range [min(0,min), max(0,max)] with a per-block zero point
+    /// (coremltools' linear).
+    #[arg(long)]
+    pub asymmetric: bool,
+}
+
+const QUANTIZE_AFTER_HELP: &str = "\
+Each weight takes, for its block's scale, the code whose decoded value is
+nearest to it (round half to even on ties); 0 always decodes to exactly 0.
+4-bit codes and per-block scales need iOS18 (pass --upgrade-opset on older
+models); below iOS18, int8/uint8 per-tensor/per-channel weights are written as
+constexpr_affine_dequantize.
+
+Exit codes: 0 success, 2 any error (nothing is written).";
 
 /// Pruning methods.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -233,6 +298,21 @@ pub struct LutArgs {
     /// How LUT entries are chosen.
     #[arg(long, value_enum)]
     pub mode: Option<ModeArg>,
+    /// When a weight's channel count is not a multiple of --group-size:
+    /// 'divisor' (default) uses the largest divisor of the channel count
+    /// that is <= the group size (recorded per weight in the report);
+    /// 'skip' leaves the weight uncompressed, as coremltools does.
+    #[arg(long, value_enum, value_name = "divisor|skip")]
+    pub group_size_fallback: Option<FallbackArg>,
+}
+
+/// Values of --group-size-fallback.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum FallbackArg {
+    /// Largest divisor of the channel count <= the group size.
+    Divisor,
+    /// Leave the weight uncompressed.
+    Skip,
 }
 
 /// `sdcompress info`.

@@ -8,12 +8,13 @@ mod info;
 mod palettize;
 mod progress;
 mod prune;
+mod quantize;
 mod run;
 
 pub use args::{Cli, Command};
 
 use anyhow::Result;
-use sdcompress::compress::config::{Granularity, PalettizeEntry};
+use sdcompress::compress::config::{Granularity, GroupSizeFallback, PalettizeEntry};
 use sdcompress::compress::pass::{WeightPass, WeightRewriter};
 use sdcompress::compress::rewrite_package;
 use sdcompress::compress::select::Selection;
@@ -39,6 +40,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Prune(a) => prune::run(*a, quiet),
         Command::Run(a) => run::run(a, quiet),
         Command::Eval(a) => eval::run(a, quiet),
+        Command::Quantize(a) => quantize::run(*a, quiet),
     }
 }
 
@@ -76,6 +78,10 @@ fn lut_entry(l: &args::LutArgs, weight_threshold: Option<usize>) -> Result<Palet
         group_size: l.group_size,
         channel_axis: l.channel_axis,
         weight_threshold,
+        group_size_fallback: l.group_size_fallback.map(|f| match f {
+            args::FallbackArg::Divisor => GroupSizeFallback::Divisor,
+            args::FallbackArg::Skip => GroupSizeFallback::Skip,
+        }),
     };
     if e.granularity == Some(Granularity::PerTensor) && e.group_size.is_some() {
         anyhow::bail!("--group-size contradicts --granularity per-tensor");

@@ -2,7 +2,7 @@
 
 use super::args::PalettizeArgs;
 use anyhow::{anyhow, Result};
-use sdcompress::compress::config::{Entry, Granularity, OptimizationConfig};
+use sdcompress::compress::config::{Entry, Granularity, GroupSizeFallback, OptimizationConfig};
 use sdcompress::compress::palettize::{Palettize, PalettizeOptions};
 use sdcompress::kernels::palettize::Mode;
 use sdcompress::package::Package;
@@ -35,6 +35,7 @@ pub fn run(a: PalettizeArgs, quiet: bool) -> Result<u8> {
             if a.lut.group_size.is_some() { Granularity::PerGroupedChannel } else { Granularity::PerTensor }
         ),
         "mode": global.mode.unwrap_or(Mode::Kmeans),
+        "group_size_fallback": global.group_size_fallback.unwrap_or(GroupSizeFallback::Divisor),
         "weight_threshold": c.weight_threshold.unwrap_or(2048),
         "include": c.include, "exclude": c.exclude, "op_types": c.op_types,
         "config": c.config.as_ref().map(|p| p.display().to_string()),

@@ -28,6 +28,7 @@ pub fn run(a: PruneArgs, quiet: bool) -> Result<u8> {
         granularity: lut.granularity,
         group_size: lut.group_size,
         channel_axis: lut.channel_axis,
+        group_size_fallback: lut.group_size_fallback,
     };
     // Flags override the config's global level.
     config.global_config = Some(flags.over(&config.global_config.clone().unwrap_or_default()));

@@ -32,6 +32,18 @@ pub enum Granularity {
     PerGroupedChannel,
 }
 
+/// What to do when a weight's channel count is not a multiple of the
+/// group size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupSizeFallback {
+    /// Use the largest divisor of the channel count that is at most the
+    /// requested group size (the default).
+    Divisor,
+    /// Leave the weight uncompressed (coremltools' behaviour).
+    Skip,
+}
+
 /// One (possibly partial) palettizer config.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,6 +60,8 @@ pub struct PalettizeEntry {
     pub channel_axis: Option<i64>,
     /// Compress only weights with more elements than this.
     pub weight_threshold: Option<usize>,
+    /// divisor (default) / skip.
+    pub group_size_fallback: Option<GroupSizeFallback>,
 }
 
 /// A partial entry of some pass's config.
@@ -65,6 +79,7 @@ impl Entry for PalettizeEntry {
             group_size: self.group_size.or(base.group_size),
             channel_axis: self.channel_axis.or(base.channel_axis),
             weight_threshold: self.weight_threshold.or(base.weight_threshold),
+            group_size_fallback: self.group_size_fallback.or(base.group_size_fallback),
         }
     }
 }
@@ -96,6 +111,8 @@ pub struct PruneEntry {
     pub group_size: Option<usize>,
     /// Joint: override of the LUT grouping axis.
     pub channel_axis: Option<i64>,
+    /// Joint: divisor (default) / skip.
+    pub group_size_fallback: Option<GroupSizeFallback>,
 }
 
 impl Entry for PruneEntry {
@@ -128,6 +145,7 @@ impl Entry for PruneEntry {
             granularity: self.granularity.or(base.granularity),
             group_size: self.group_size.or(base.group_size),
             channel_axis: self.channel_axis.or(base.channel_axis),
+            group_size_fallback: self.group_size_fallback.or(base.group_size_fallback),
         }
     }
 }
@@ -154,6 +172,7 @@ impl PruneEntry {
             group_size: self.group_size,
             channel_axis: self.channel_axis,
             weight_threshold: self.weight_threshold,
+            group_size_fallback: self.group_size_fallback,
         }))
     }
 }
@@ -285,5 +304,58 @@ mod tests {
             ..PruneEntry::default()
         };
         assert!(bad.lut().is_err());
+    }
+}
+
+/// Linear quantization granularity (coremltools' names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuantGranularity {
+    /// One scale for the whole tensor.
+    PerTensor,
+    /// One scale per output channel.
+    PerChannel,
+    /// One scale per output channel and block of `block_size` input
+    /// channels (iOS18).
+    PerBlock,
+}
+
+/// Linear quantization mode (coremltools' names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuantMode {
+    /// Range symmetric around 0; zero point fixed (0, or the middle code of
+    /// unsigned types).
+    LinearSymmetric,
+    /// Range [min(0, min), max(0, max)] with a rounded zero point.
+    Linear,
+}
+
+/// One (possibly partial) linear quantizer config, with coremltools'
+/// `OpLinearQuantizerConfig` field names.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuantizeEntry {
+    /// linear_symmetric (default) / linear.
+    pub mode: Option<QuantMode>,
+    /// int8 (default) / uint8 / int4 / uint4.
+    pub dtype: Option<crate::kernels::quantize::QType>,
+    /// per_channel (default) / per_tensor / per_block.
+    pub granularity: Option<QuantGranularity>,
+    /// Input channels per block (per_block; default 32).
+    pub block_size: Option<usize>,
+    /// Compress only weights with more elements than this.
+    pub weight_threshold: Option<usize>,
+}
+
+impl Entry for QuantizeEntry {
+    fn over(&self, base: &QuantizeEntry) -> QuantizeEntry {
+        QuantizeEntry {
+            mode: self.mode.or(base.mode),
+            dtype: self.dtype.or(base.dtype),
+            granularity: self.granularity.or(base.granularity),
+            block_size: self.block_size.or(base.block_size),
+            weight_threshold: self.weight_threshold.or(base.weight_threshold),
+        }
     }
 }

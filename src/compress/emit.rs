@@ -108,6 +108,21 @@ impl Emitter<'_, '_> {
         tensor_value(t, self.sink, &self.file, self.spec, self.model_path)
     }
 
+    /// Like `value`, but an identical byte-sized blob already written by
+    /// this method is referenced instead of written again.
+    fn shared_value(&mut self, t: &Tensor) -> Result<mil::Value, Error> {
+        if !goes_to_blob(t.dtype, t.numel(), self.spec) || t.dtype.is_sub_byte() {
+            return self.value(t);
+        }
+        let bytes = t.to_storage_bytes().expect("blob dtypes encode");
+        let off = self.sink.append_shared(
+            &self.file,
+            t.dtype.blob_dtype().expect("blob dtype"),
+            &bytes,
+        )?;
+        Ok(blob_value(t.dtype, &t.shape, &self.file, off))
+    }
+
     fn immediate(&self, t: &Tensor) -> Result<mil::Value, Error> {
         immediate_value(t).map_err(|e| Error::mil(self.model_path, e))
     }
@@ -348,4 +363,178 @@ pub fn lut_to_sparse(
         attributes,
     };
     Ok([lts, std])
+}
+
+/// A linearly quantized weight: codes over the dense shape, and a scale
+/// (and optional offset) per block of `grid`.
+#[derive(Debug, Clone)]
+pub struct Quant {
+    /// Code dtype: int8, uint8, int4 or uint4.
+    pub qdtype: DType,
+    /// Codes, row-major over the weight's shape (`I8` for signed types,
+    /// `U8` for unsigned).
+    pub codes: Data,
+    /// Scale shape: same rank as the weight, dividing it.
+    pub grid: Vec<usize>,
+    /// Per block, in the weight's dtype.
+    pub scale: Data,
+    /// Per block zero points in the code dtype; `None` when they are all 0
+    /// (signed symmetric).
+    pub offset: Option<Data>,
+    /// The one axis whose grid extent is above 1 (per channel), for the
+    /// iOS16 form; `None` per tensor.
+    pub axis: Option<usize>,
+}
+
+/// The quantized form of a weight: `constexpr_blockwise_shift_scale`
+/// (iOS18; `offset` omitted when every zero point is 0) or
+/// `constexpr_affine_dequantize` (iOS16 attribute form: rank-0/1 scale and
+/// zero point along `axis`, the zero point always present). Writes the
+/// codes, then the scale, then the offset.
+pub fn quantized(
+    em: &mut Emitter<'_, '_>,
+    name: &str,
+    out: &str,
+    dtype: DType,
+    shape: &[usize],
+    q: &Quant,
+) -> Result<Operation, Error> {
+    let mut attributes = BTreeMap::new();
+    attributes.insert("name".to_string(), string_value(name));
+    let mut inputs = BTreeMap::new();
+    let codes = Tensor {
+        dtype: q.qdtype,
+        shape: shape.to_vec(),
+        data: q.codes.clone(),
+    };
+    let r#type = if em.ios18() {
+        let scale = Tensor {
+            dtype,
+            shape: q.grid.clone(),
+            data: q.scale.clone(),
+        };
+        inputs.insert("data".to_string(), inline_arg(em.value(&codes)?));
+        inputs.insert("scale".to_string(), inline_arg(em.value(&scale)?));
+        if let Some(o) = &q.offset {
+            let off = Tensor {
+                dtype: q.qdtype,
+                shape: q.grid.clone(),
+                data: o.clone(),
+            };
+            inputs.insert("offset".to_string(), inline_arg(em.value(&off)?));
+        }
+        "constexpr_blockwise_shift_scale"
+    } else {
+        let pshape = match q.axis {
+            Some(a) => vec![q.grid[a]],
+            None => vec![],
+        };
+        let n = q.scale.len();
+        let scale = Tensor {
+            dtype,
+            shape: pshape.clone(),
+            data: q.scale.clone(),
+        };
+        let zp = Tensor {
+            dtype: q.qdtype,
+            shape: pshape,
+            data: q.offset.clone().unwrap_or(match q.codes {
+                Data::I8(_) => Data::I8(vec![0; n]),
+                _ => Data::U8(vec![0; n]),
+            }),
+        };
+        // coremltools writes one blob for equal all-zero zero points.
+        let zero_zp = q.offset.is_none();
+        let axis = Tensor {
+            dtype: DType::Int32,
+            shape: vec![],
+            data: Data::I32(vec![q.axis.unwrap_or(0) as i32]),
+        };
+        attributes.insert("quantized_data".to_string(), em.value(&codes)?);
+        let zp_value = if zero_zp {
+            em.shared_value(&zp)?
+        } else {
+            em.value(&zp)?
+        };
+        attributes.insert("zero_point".to_string(), zp_value);
+        attributes.insert("scale".to_string(), em.value(&scale)?);
+        attributes.insert("axis".to_string(), em.immediate(&axis)?);
+        "constexpr_affine_dequantize"
+    };
+    Ok(Operation {
+        r#type: r#type.into(),
+        inputs,
+        outputs: vec![single_output(out, dtype, shape)],
+        blocks: vec![],
+        attributes,
+    })
+}
+
+/// The joint sparse + quantized form (iOS18 only):
+/// `constexpr_sparse_blockwise_shift_scale` (mask, codes of the kept
+/// elements, scale, offset; block rules on the dense shape) feeding
+/// `constexpr_sparse_to_dense` through its two outputs. `q.codes` are the
+/// kept elements' codes in row-major order. Writes the mask, the codes,
+/// the scale, then the offset.
+pub fn sparse_quantized(
+    em: &mut Emitter<'_, '_>,
+    n: &JointNames<'_>,
+    dtype: DType,
+    shape: &[usize],
+    mask: &[u8],
+    q: &Quant,
+) -> Result<[Operation; 2], Error> {
+    let kept = q.codes.len();
+    let m = Tensor {
+        dtype: DType::Uint1,
+        shape: shape.to_vec(),
+        data: Data::U8(mask.to_vec()),
+    };
+    let codes = Tensor {
+        dtype: q.qdtype,
+        shape: vec![kept],
+        data: q.codes.clone(),
+    };
+    let scale = Tensor {
+        dtype,
+        shape: q.grid.clone(),
+        data: q.scale.clone(),
+    };
+    let mut inputs = BTreeMap::new();
+    inputs.insert("data_mask".to_string(), inline_arg(em.value(&m)?));
+    inputs.insert("nonzero_data".to_string(), inline_arg(em.value(&codes)?));
+    inputs.insert("scale".to_string(), inline_arg(em.value(&scale)?));
+    if let Some(o) = &q.offset {
+        let off = Tensor {
+            dtype: q.qdtype,
+            shape: q.grid.clone(),
+            data: o.clone(),
+        };
+        inputs.insert("offset".to_string(), inline_arg(em.value(&off)?));
+    }
+    let mut attributes = BTreeMap::new();
+    attributes.insert("name".to_string(), string_value(n.lut_op));
+    let sq = Operation {
+        r#type: "constexpr_sparse_blockwise_shift_scale".into(),
+        inputs,
+        outputs: vec![
+            single_output(n.lut_outputs[0], DType::Uint1, shape),
+            single_output(n.lut_outputs[1], dtype, &[kept]),
+        ],
+        blocks: vec![],
+        attributes,
+    };
+    let mut inputs = BTreeMap::new();
+    inputs.insert("mask".to_string(), named_arg(n.lut_outputs[0]));
+    inputs.insert("nonzero_data".to_string(), named_arg(n.lut_outputs[1]));
+    let mut attributes = BTreeMap::new();
+    attributes.insert("name".to_string(), string_value(n.sparse_op));
+    let std = Operation {
+        r#type: "constexpr_sparse_to_dense".into(),
+        inputs,
+        outputs: vec![single_output(n.output, dtype, shape)],
+        blocks: vec![],
+        attributes,
+    };
+    Ok([sq, std])
 }

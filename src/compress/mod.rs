@@ -10,6 +10,7 @@ pub mod emit;
 pub mod palettize;
 pub mod pass;
 pub mod prune;
+pub mod quantize;
 pub mod select;
 pub mod target;
 

@@ -10,7 +10,7 @@
 //! The LUT of one tensor ([`palettize_weight`]) is also the second half of
 //! `prune --nbits` (the one-shot joint form).
 
-use super::config::{Granularity, OptimizationConfig, PalettizeEntry};
+use super::config::{Granularity, GroupSizeFallback, OptimizationConfig, PalettizeEntry};
 use super::emit::Lut;
 use super::pass::{Compressed, Decision, TargetOptions, WeightData, WeightPass, WeightRewriter};
 use super::select::{channel_axis, Selection, Source, Weight};
@@ -38,6 +38,10 @@ pub struct Settings {
     pub channel_axis: Option<i64>,
     /// Element-count threshold (strictly greater is compressed).
     pub weight_threshold: usize,
+    /// What to do when the channels are not a multiple of the group size.
+    pub group_size_fallback: GroupSizeFallback,
+    /// The group size asked for, when the fallback chose another.
+    pub requested_group_size: Option<usize>,
 }
 
 /// A weight's LUT settings and grouping axis.
@@ -91,6 +95,8 @@ pub fn settings(e: &PalettizeEntry) -> Result<Settings, String> {
         group_size,
         channel_axis: e.channel_axis,
         weight_threshold: e.weight_threshold.unwrap_or(2048),
+        group_size_fallback: e.group_size_fallback.unwrap_or(GroupSizeFallback::Divisor),
+        requested_group_size: None,
     })
 }
 
@@ -103,7 +109,7 @@ pub fn lut_decision(
     blobs: &BlobFiles,
     entry: &PalettizeEntry,
 ) -> Result<Decision<LutPlan>, String> {
-    let s = settings(entry)?;
+    let mut s = settings(entry)?;
     if w.numel() <= s.weight_threshold {
         return Ok(Decision::Skip(format!(
             "at most weight threshold ({} <= {} elements)",
@@ -133,7 +139,22 @@ pub fn lut_decision(
             Err(_) => 0,
         },
     };
-    if s.granularity == Granularity::PerGroupedChannel && w.shape[axis] % s.group_size != 0 {
+    let chans = w.shape[axis];
+    if s.granularity == Granularity::PerGroupedChannel
+        && chans % s.group_size != 0
+        && s.group_size_fallback == GroupSizeFallback::Divisor
+    {
+        // The largest divisor of the channel count not above the request:
+        // groups stay as small as asked (never coarser), and the weight is
+        // compressed instead of left at full size.
+        let g = (1..=s.group_size.min(chans))
+            .rev()
+            .find(|d| chans % d == 0)
+            .expect("1 divides everything");
+        s.requested_group_size = Some(s.group_size);
+        s.group_size = g;
+    }
+    if s.granularity == Granularity::PerGroupedChannel && chans % s.group_size != 0 {
         return Ok(Decision::Skip(format!(
             "channels not divisible by group size ({} on axis {axis}, group size {})",
             w.shape[axis], s.group_size
@@ -158,7 +179,12 @@ pub fn lut_detail(p: &LutPlan, l: &Lut) -> serde_json::Map<String, serde_json::V
         "nbits": l.nbits,
         "granularity": p.settings.granularity,
         "channel_axis": l.axis,
-        "group_size": if l.groups > 1 { Some(l.group_size) } else { None },
+        "group_size": if l.groups > 1 || p.settings.granularity == Granularity::PerGroupedChannel {
+            Some(l.group_size)
+        } else {
+            None
+        },
+        "group_size_requested": p.settings.requested_group_size,
         "groups": l.groups,
     }) else {
         unreachable!("an object literal")
@@ -245,6 +271,7 @@ impl WeightPass for Palettize {
             detail.insert("lut_values".into(), "nonzero".into());
         }
         Ok(Compressed {
+            quant: None,
             keep: input.keep,
             values: None,
             lut: Some(lut),

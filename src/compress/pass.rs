@@ -19,7 +19,7 @@
 //! the output bytes do not depend on the thread count.
 
 use super::driver::{OpRewriter, Rewritten};
-use super::emit::{self, Emitter, JointNames, Lut, Names};
+use super::emit::{self, Emitter, JointNames, Lut, Names, Quant};
 use super::select::{is_inline_sparse, stored_bytes, weight_file, weights, Source, Weight};
 use super::target::{output_target, refuse_compressed, upgrade};
 use crate::error::Error;
@@ -66,6 +66,8 @@ pub struct Compressed {
     pub values: Option<Data>,
     /// The kept values (or all values) as a LUT.
     pub lut: Option<Lut>,
+    /// The values as linear-quantized codes (dense form).
+    pub quant: Option<Quant>,
     /// Error of the reconstruction against the command's input.
     pub metrics: Metrics,
     /// Pass-specific report fields.
@@ -366,6 +368,60 @@ impl Builder<'_, '_, '_> {
             Source::Sparse => op_name(b.op).unwrap_or_else(|| w.value_name.clone()),
             Source::Const => b.fresh(&format!("{}_sparsified", w.const_name)),
         };
+        if let (Some(keep), Some(q)) = (&c.keep, &c.quant) {
+            // Joint sparse + quantized: the codes of the kept elements only.
+            let kept_codes = match &q.codes {
+                Data::I8(v) => Data::I8(
+                    v.iter()
+                        .zip(keep)
+                        .filter(|(_, &k)| k)
+                        .map(|(&c, _)| c)
+                        .collect(),
+                ),
+                Data::U8(v) => Data::U8(
+                    v.iter()
+                        .zip(keep)
+                        .filter(|(_, &k)| k)
+                        .map(|(&c, _)| c)
+                        .collect(),
+                ),
+                _ => unreachable!("codes are I8 or U8"),
+            };
+            let q = Quant {
+                codes: kept_codes,
+                ..q.clone()
+            };
+            let sparse = sparse_name(self);
+            let sq_op = self.fresh(&format!("{sparse}_nonzero_data_quantized"));
+            let out0 = self.fresh(&format!("{sq_op}_0"));
+            let out1 = self.fresh(&format!("{sq_op}_1"));
+            let names = JointNames {
+                lut_op: &sq_op,
+                lut_outputs: [&out0, &out1],
+                sparse_op: &sparse,
+                output: &w.value_name,
+            };
+            return Ok(emit::sparse_quantized(
+                &mut self.em,
+                &names,
+                w.dtype,
+                &w.shape,
+                &mask(),
+                &q,
+            )?
+            .into());
+        }
+        if let (None, Some(q)) = (&c.keep, &c.quant) {
+            let name = self.fresh(&format!("{}_quantized", w.const_name));
+            return Ok(vec![emit::quantized(
+                &mut self.em,
+                &name,
+                &w.value_name,
+                w.dtype,
+                &w.shape,
+                q,
+            )?]);
+        }
         match (&c.keep, &c.values, &c.lut) {
             (None, _, Some(l)) => {
                 let name = self.fresh(&format!("{}_palettized", w.const_name));
@@ -428,20 +484,47 @@ fn storage_detail(w: &Weight, c: &Compressed) -> serde_json::Map<String, serde_j
     let kept = c.kept(numel);
     let dtype_bits = u64::from(w.dtype.bits());
     let mask_bits = if c.keep.is_some() { numel as u64 } else { 0 };
-    let (value_bits, lut_bits) = match &c.lut {
-        Some(l) => (
+    let (value_bits, lut_bits) = match (&c.lut, &c.quant) {
+        (Some(l), _) => (
             kept as u64 * u64::from(l.nbits),
             ((l.groups as u64) << l.nbits) * dtype_bits,
         ),
-        None => (kept as u64 * dtype_bits, 0),
+        (None, Some(q)) => (kept as u64 * u64::from(q.qdtype.bits()), 0),
+        (None, None) => (kept as u64 * dtype_bits, 0),
+    };
+    // Quantization parameters: a scale per block, and a zero point per
+    // block when stored (always in the iOS16 form; counted as stored in
+    // the iOS18 form only when nonzero, as written).
+    let (scale_bits, offset_bits) = match &c.quant {
+        Some(q) => {
+            let blocks = q.scale.len() as u64;
+            (
+                blocks * dtype_bits,
+                if q.offset.is_some() {
+                    blocks * u64::from(q.qdtype.bits())
+                } else {
+                    0
+                },
+            )
+        }
+        None => (0, 0),
     };
     let mut m = serde_json::Map::new();
     m.insert("mask_bits".into(), mask_bits.into());
     m.insert("value_bits".into(), value_bits.into());
     m.insert("lut_bits".into(), lut_bits.into());
+    if c.quant.is_some() {
+        m.insert("scale_bits".into(), scale_bits.into());
+        m.insert("offset_bits".into(), offset_bits.into());
+    }
     m.insert(
         "predicted_bytes".into(),
-        (mask_bits.div_ceil(8) + value_bits.div_ceil(8) + lut_bits / 8).into(),
+        (mask_bits.div_ceil(8)
+            + value_bits.div_ceil(8)
+            + lut_bits / 8
+            + scale_bits / 8
+            + offset_bits.div_ceil(8))
+        .into(),
     );
     if c.keep.is_some() {
         // The mask costs 1 bit per element and saves `bits` per pruned
@@ -568,6 +651,7 @@ mod tests {
                 indices: vec![0; n - pruned],
                 lut: Data::F16(vec![f16::ZERO; groups << nbits]),
             }),
+            quant: None,
             metrics: Metrics::default(),
             detail: Default::default(),
         }

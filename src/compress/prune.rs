@@ -315,6 +315,7 @@ impl WeightPass for Prune {
             detail.insert("prune_skipped".into(), p.pattern_skipped.clone().into());
             detail.extend(lut_detail(lut, &l));
             return Ok(Compressed {
+                quant: None,
                 keep: None,
                 values: None,
                 lut: Some(l),
@@ -403,6 +404,7 @@ impl WeightPass for Prune {
             detail.insert("lut_skipped".into(), r.clone().into());
         }
         Ok(Compressed {
+            quant: None,
             keep: Some(keep),
             values,
             lut,

@@ -5,3 +5,4 @@ pub mod bits;
 pub mod kmeans;
 pub mod palettize;
 pub mod prune;
+pub mod quantize;

@@ -20,6 +20,9 @@ pub struct WeightSink<'a> {
     writers: BTreeMap<String, BlobWriter>,
     /// (file, input record offset) → output record offset.
     copied: BTreeMap<(String, u64), u64>,
+    /// (file, dtype, payload) → output record offset, for blobs appended
+    /// with [`WeightSink::append_shared`].
+    shared: BTreeMap<(String, String, Vec<u8>), u64>,
 }
 
 impl<'a> WeightSink<'a> {
@@ -33,6 +36,7 @@ impl<'a> WeightSink<'a> {
             inputs,
             writers: BTreeMap::new(),
             copied: BTreeMap::new(),
+            shared: BTreeMap::new(),
         }
     }
 
@@ -65,6 +69,28 @@ impl<'a> WeightSink<'a> {
         Ok(self
             .writer(file_name)?
             .append(dtype, payload, padding_bits)?)
+    }
+
+    /// Appends a blob once per identical (file, dtype, payload) and returns
+    /// the record offset (coremltools stores one all-zero zero point for
+    /// every weight that needs the same one).
+    pub fn append_shared(
+        &mut self,
+        file_name: &str,
+        dtype: BlobDtype,
+        payload: &[u8],
+    ) -> Result<u64, PackageError> {
+        let key = (
+            file_name.to_string(),
+            format!("{dtype:?}"),
+            payload.to_vec(),
+        );
+        if let Some(&o) = self.shared.get(&key) {
+            return Ok(o);
+        }
+        let o = self.append(file_name, dtype, payload, 0)?;
+        self.shared.insert(key, o);
+        Ok(o)
     }
 
     /// Copies the input blob at (`file_name`, `offset`) once and returns
