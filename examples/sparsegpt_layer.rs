@@ -4,7 +4,8 @@
 //! ```text
 //! cargo run --release --example sparsegpt_layer -- LAYER.safetensors --out OUT.safetensors \
 //!     [--sparsity 0.5 | --nm 2:4] [--blocksize 128] [--percdamp 0.01] [--mask-rule reference|exact] \
-//!     [--stride S] [--padding P] [--dilation D] [--groups G] [--nsamples N] [--measure-error]
+//!     [--stride S] [--padding P] [--dilation D] [--groups G] [--nsamples N] [--measure-error] \
+//!     [--hessian-f32] [--dump-h H.safetensors] [--threads N]
 //! ```
 //!
 //! The input holds `W` and `X` (activations) or `H`, as the shared oracle's
@@ -15,7 +16,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use sdcompress::sparsegpt::layerfile::{run_layer, write, LayerFile, LayerJob, OutTensor};
-use sdcompress::sparsegpt::{ConvGeometry, MaskRule, Pattern, PruneParams};
+use sdcompress::sparsegpt::{ConvGeometry, MaskRule, Pattern, Precision, PruneParams};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -59,6 +60,9 @@ struct Args {
     /// Also compute the relative reconstruction error.
     #[arg(long)]
     measure_error: bool,
+    /// Build the Hessian with f32 tile products (summed in f64).
+    #[arg(long)]
+    hessian_f32: bool,
     /// Also write the Hessian built from X to this file (key H, f64).
     #[arg(long)]
     dump_h: Option<PathBuf>,
@@ -131,6 +135,11 @@ fn main() -> Result<()> {
             groups: a.groups,
         },
         nsamples: a.nsamples,
+        precision: if a.hessian_f32 {
+            Precision::F32Tiles
+        } else {
+            Precision::F64
+        },
         dump_hessian: a.dump_h.clone(),
     };
     let file = LayerFile::open(&a.input)?;

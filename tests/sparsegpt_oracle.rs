@@ -140,6 +140,7 @@ fn check(py: &Path, sref: &Path, dir: &Path, layer: &Path, flags: &[&str]) -> St
         params,
         conv,
         nsamples: None,
+        precision: Default::default(),
         dump_hessian: None,
     };
     let r = run_layer(&LayerFile::open(layer).unwrap(), &job)
@@ -202,8 +203,7 @@ fn random_layers_agree_with_the_oracle() {
     let a = dir.path().join("a.safetensors");
     gen(&py, &sref, &a, 256, 512, 4096, 1);
     let text = check(&py, &sref, dir.path(), &a, &["--sparsity", "0.5"]);
-    // f64 factorisation and sweep on both sides: on this layer the f32
-    // rounding of the Hessian's tile sums flips no decision.
+    // f64 everywhere on both sides: the masks are identical.
     assert!(
         text.contains("(1.000000)"),
         "expected full agreement:\n{text}"

@@ -11,7 +11,7 @@
 //! Output keys: `W` (f32, the input's shape), `mask` (u8, 1 = pruned),
 //! `row_losses` (f64).
 
-use super::hessian::{ConvGeometry, Hessian};
+use super::hessian::{ConvGeometry, Hessian, Precision};
 use super::layout::WeightLayout;
 use super::prune::{prune_layer, PruneParams};
 use super::{Result, SparseGptError};
@@ -175,6 +175,8 @@ pub struct LayerJob {
     pub conv: ConvGeometry,
     /// Sample count `N` to scale `H` with (default: as counted).
     pub nsamples: Option<u64>,
+    /// Precision of the Hessian's products when it is built from `X`.
+    pub precision: Precision,
     /// Also write the Hessian built from `X` to this file (key `H`, f64,
     /// `[cols, cols]` or `[groups, cols, cols]`), e.g. to give another
     /// implementation exactly the same matrix.
@@ -228,7 +230,7 @@ pub fn run_layer(file: &LayerFile, job: &LayerJob) -> Result<LayerResult> {
     let hessians: Vec<Hessian> = if file.contains("X") {
         let x = file.read_f32("X")?;
         let mut hs = (0..groups)
-            .map(|_| Hessian::new(cols))
+            .map(|_| Hessian::with_precision(cols, job.precision))
             .collect::<Result<Vec<_>>>()?;
         if let WeightLayout::Conv { kh, kw, .. } = layout {
             let shape: [usize; 4] = x.shape.as_slice().try_into().map_err(|_| {

@@ -36,7 +36,7 @@ pub mod prune;
 #[cfg(test)]
 mod reference;
 
-pub use hessian::{ConvGeometry, Hessian};
+pub use hessian::{ConvGeometry, Hessian, Precision};
 pub use layout::WeightLayout;
 pub use prune::{prune_layer, MaskRule, Pattern, PruneOutcome, PruneParams};
 
