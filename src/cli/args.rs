@@ -122,6 +122,10 @@ Exit codes: 0 success, 2 any error (nothing is written).";
 pub enum MethodArg {
     /// Smallest |w| first (data-free).
     Magnitude,
+    /// SparseGPT (Frantar & Alistarh 2023): layer by layer, from the
+    /// layer's input activations on --calibration samples; the kept
+    /// weights are updated to compensate for the pruned ones.
+    Sparsegpt,
 }
 
 /// `sdcompress prune`.
@@ -155,6 +159,42 @@ pub struct PruneArgs {
     pub method: MethodArg,
     #[command(flatten)]
     pub lut: LutArgs,
+    #[command(flatten)]
+    pub sparsegpt: SparseGptArgs,
+}
+
+/// Options of `prune --method sparsegpt`.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "SparseGPT (--method sparsegpt)")]
+pub struct SparseGptArgs {
+    /// Calibration inputs (.safetensors, one key per model input, stacked
+    /// along a leading sample axis; the format `run` and `eval` read).
+    #[arg(long, value_name = "FILE")]
+    pub calibration: Option<PathBuf>,
+    /// Use only the first N samples of --calibration.
+    #[arg(long, value_name = "N")]
+    pub samples: Option<usize>,
+    /// Damping added to the Hessian's diagonal, relative to its mean.
+    #[arg(long, value_name = "F", default_value_t = 0.01)]
+    pub damp: f64,
+    /// Columns per block of the SparseGPT sweep (the unstructured mask is
+    /// chosen per block).
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub sweep_block: usize,
+    /// Stage regex, matched against weight names (repeatable). Weights are
+    /// pruned stage by stage in program order, each stage calibrated on
+    /// the model with the earlier stages already pruned. Default:
+    /// down_blocks_\d+, mid_block, up_blocks_\d+.
+    #[arg(long = "layers", value_name = "REGEX")]
+    pub layers: Vec<String>,
+    /// Take every Hessian from the dense model in one stage (faster, less
+    /// accurate than the sequential default).
+    #[arg(long)]
+    pub one_shot: bool,
+    /// Hessians held in memory at once, in GiB (a stage that needs more is
+    /// calibrated in several passes over the samples; same result).
+    #[arg(long, value_name = "GIB", default_value_t = 4.0)]
+    pub hessian_memory: f64,
 }
 
 const PRUNE_AFTER_HELP: &str = "\
@@ -164,6 +204,13 @@ each weight is written as constexpr_lut_to_sparse -> constexpr_sparse_to_dense
 (iOS18: pass --upgrade-opset on older models). The output is byte-identical to
 `prune` followed by `palettize` with the same options. Sparse + LUT is smaller
 than the LUT alone only above 1/nbits sparsity; the report warns otherwise.
+
+SparseGPT: --method sparsegpt --calibration FILE prunes each conv/linear/matmul
+weight from its input activations on the calibration samples (run through the
+model by the built-in interpreter) and updates the kept weights to compensate.
+Unstructured sparsity prunes exactly round(F x numel) weights per weight; --n-m
+runs along the flattened input axis (Cin x kh x kw for a conv). With --nbits the
+compensated kept values are palettized (joint form).
 
 Exit codes: 0 success, 2 any error (nothing is written).";
 

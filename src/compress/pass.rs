@@ -209,6 +209,17 @@ impl<'p, P: WeightPass> WeightRewriter<'p, P> {
         })
     }
 
+    /// The weights that will be compressed, with their settings (a
+    /// data-aware pass such as SparseGPT fills its results in here).
+    pub fn planned_mut(&mut self) -> impl Iterator<Item = (&Weight, &mut P::Settings)> {
+        self.plans
+            .values_mut()
+            .filter_map(|p| match &mut p.decision {
+                Decision::Do(s) => Some((&p.weight, s)),
+                Decision::Skip(_) => None,
+            })
+    }
+
     /// Number of weights that will be compressed.
     pub fn planned(&self) -> usize {
         self.plans

@@ -26,6 +26,9 @@ use crate::mil::value::BlobFiles;
 use crate::mil::{Data, FunctionIndex};
 use crate::package::Package;
 use crate::report::Metrics;
+use crate::sparsegpt::calibrate::LayerResult;
+use crate::sparsegpt::{MaskRule, Pattern as SgptPattern};
+use std::sync::Arc;
 
 /// What structure to prune with.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -211,6 +214,10 @@ pub struct PrunePlan {
     pub lut: Option<LutPlan>,
     /// Why a requested LUT does not apply.
     pub lut_skipped: Option<String>,
+    /// SparseGPT's result for this weight (`prune --method sparsegpt`):
+    /// the pruned, compensated values, or why the weight was left alone.
+    /// `None` = magnitude pruning.
+    pub sparsegpt: Option<Result<Arc<LayerResult>, String>>,
 }
 
 /// The prune pass.
@@ -291,6 +298,7 @@ impl WeightPass for Prune {
             pattern_skipped: unfit,
             lut,
             lut_skipped,
+            sparsegpt: None,
         }))
     }
 
@@ -305,6 +313,10 @@ impl WeightPass for Prune {
     fn compute(&self, input: WeightData, p: &PrunePlan) -> Result<Compressed, String> {
         let t = input.tensor;
         let mut detail = serde_json::Map::new();
+        if let (Some(sg), Some(pattern)) = (&p.sparsegpt, p.pattern) {
+            let r = sg.as_ref().map_err(|e| e.clone())?;
+            return sparsegpt_compressed(&t, r, pattern, p, detail);
+        }
         detail.insert("method".into(), "magnitude".into());
         let Some(pattern) = p.pattern else {
             // The pattern does not fit this weight, but a LUT was asked
@@ -412,6 +424,148 @@ impl WeightPass for Prune {
             detail,
         })
     }
+}
+
+impl Pattern {
+    /// The SparseGPT form of this pattern: unstructured (exactly
+    /// `round(s·numel)` per weight) or n:m along the Hessian's columns (the
+    /// flattened input axis: `Cin·kh·kw` for a conv, as coremltools). Block
+    /// pruning has no SparseGPT form.
+    pub fn sparsegpt(&self) -> Result<SgptPattern, String> {
+        match *self {
+            Pattern::Unstructured(sparsity) => Ok(SgptPattern::Unstructured {
+                sparsity,
+                rule: MaskRule::Exact,
+            }),
+            Pattern::NOutOfM { n, m, dim: 1 } => Ok(SgptPattern::NOfM { n, m }),
+            Pattern::NOutOfM { dim, .. } => Err(format!(
+                "sparsegpt n:m runs along the input axis (dim 1), not dim {dim}"
+            )),
+            Pattern::Blocks { .. } => {
+                Err("block pruning (--block-size) is magnitude-only; sparsegpt prunes single weights or n:m".into())
+            }
+        }
+    }
+}
+
+/// The compressed form of a SparseGPT result: the kept values are the
+/// compensated ones (they differ from the input), so the error against the
+/// input is reported, and, with a LUT, the compensated kept values are
+/// palettized exactly as `palettize` would.
+fn sparsegpt_compressed(
+    t: &crate::mil::Tensor,
+    r: &LayerResult,
+    pattern: Pattern,
+    p: &PrunePlan,
+    mut detail: serde_json::Map<String, serde_json::Value>,
+) -> Result<Compressed, String> {
+    let keep = r.keep.clone();
+    if !keep.iter().any(|&k| k) {
+        return Err("pruning would zero the whole weight".into());
+    }
+    let pruned_t = crate::mil::Tensor {
+        dtype: t.dtype,
+        shape: t.shape.clone(),
+        data: r.values.clone(),
+    };
+    detail.insert("method".into(), "sparsegpt".into());
+    detail.insert("pattern".into(), pattern.json());
+    detail.extend(sparsity_detail(&keep));
+    detail.insert("stage".into(), r.stage.clone().into());
+    detail.insert("layer_kind".into(), r.kind.into());
+    detail.insert("layer_loss".into(), r.loss.into());
+    detail.insert("output_rel_error".into(), r.rel_error.into());
+    detail.insert("dead_inputs".into(), r.dead_columns.into());
+    detail.insert("percdamp".into(), r.percdamp.into());
+    detail.insert("calibration_vectors".into(), r.vectors.into());
+    let as_f64 = |d: &Data| -> Result<Vec<f64>, String> {
+        match d {
+            Data::F16(v) => Ok(v.iter().map(|x| x.to_f64()).collect()),
+            Data::F32(v) => Ok(v.iter().map(|&x| f64::from(x)).collect()),
+            _ => Err("weight is not an fp16/fp32 tensor".into()),
+        }
+    };
+    let orig = as_f64(&t.data)?;
+    let (values, lut, decoded) = match &p.lut {
+        Some(lp) => {
+            let (l, _) = palettize_weight(&pruned_t, Some(&keep), lp)?;
+            let dec = decode_sparse_lut(&l, &t.shape, &keep)?;
+            detail.extend(lut_detail(lp, &l));
+            detail.insert("lut_values".into(), "nonzero".into());
+            (None, Some(l), dec)
+        }
+        None => {
+            let all = as_f64(&r.values)?;
+            let dec: Vec<f64> = all
+                .iter()
+                .zip(&keep)
+                .map(|(&v, &k)| if k { v } else { 0.0 })
+                .collect();
+            fn take<T: Copy>(v: &[T], keep: &[bool]) -> Vec<T> {
+                v.iter()
+                    .zip(keep)
+                    .filter(|(_, k)| **k)
+                    .map(|(v, _)| *v)
+                    .collect()
+            }
+            let kept = match &r.values {
+                Data::F16(v) => Data::F16(take(v, &keep)),
+                Data::F32(v) => Data::F32(take(v, &keep)),
+                _ => return Err(format!("dtype {} is not fp16/fp32", t.dtype)),
+            };
+            (Some(kept), None, dec)
+        }
+    };
+    if let Some(reason) = &p.lut_skipped {
+        detail.insert("lut_skipped".into(), reason.clone().into());
+    }
+    let (mut sig, mut sse, mut mx) = (0.0f64, 0.0f64, 0.0f64);
+    for (&a, &b) in orig.iter().zip(&decoded) {
+        sig += a * a;
+        sse += (a - b) * (a - b);
+        mx = mx.max((a - b).abs());
+    }
+    Ok(Compressed {
+        quant: None,
+        keep: Some(keep),
+        values,
+        lut,
+        metrics: Metrics::from_sums(sig, sse, mx),
+        detail,
+    })
+}
+
+/// The dense values a sparse LUT decodes to (zeros where not kept).
+fn decode_sparse_lut(
+    l: &crate::compress::emit::Lut,
+    shape: &[usize],
+    keep: &[bool],
+) -> Result<Vec<f64>, String> {
+    let table: Vec<f64> = match &l.lut {
+        Data::F16(v) => v.iter().map(|x| x.to_f64()).collect(),
+        Data::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+        _ => return Err("LUT is not fp16/fp32".into()),
+    };
+    let inner: usize = shape[l.axis + 1..].iter().product();
+    let len = shape[l.axis];
+    let k = 1usize << l.nbits;
+    let mut idx = l.indices.iter();
+    Ok(keep
+        .iter()
+        .enumerate()
+        .map(|(e, &kept)| {
+            if !kept {
+                return 0.0;
+            }
+            let i = *idx.next().expect("one index per kept element") as usize;
+            let g = if l.groups == 1 {
+                0
+            } else {
+                ((e / inner) % len) / l.group_size
+            };
+            table[g * k + i]
+        })
+        .collect())
 }
 
 /// Whether every value is finite; `Err` for a non-float tensor.

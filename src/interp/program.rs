@@ -504,8 +504,32 @@ impl Interpreter {
         &self,
         inputs: &[Tensor],
         hook: Option<&mut dyn Hook>,
-        mut profile: Option<&mut Profile>,
+        profile: Option<&mut Profile>,
     ) -> Result<Vec<Tensor>> {
+        self.exec(inputs, hook, profile, None)
+            .map(|o| o.expect("a full run returns outputs"))
+    }
+
+    /// Runs the function only as far as the hooks need: every step up to
+    /// and including the hook of the op at program position `last` (that op
+    /// itself is not run). Calibration of one stage of a sequential prune
+    /// does not need the rest of the network.
+    pub fn run_hooks_until(
+        &self,
+        inputs: &[Tensor],
+        hook: &mut dyn Hook,
+        last: usize,
+    ) -> Result<()> {
+        self.exec(inputs, Some(hook), None, Some(last)).map(|_| ())
+    }
+
+    fn exec(
+        &self,
+        inputs: &[Tensor],
+        hook: Option<&mut dyn Hook>,
+        mut profile: Option<&mut Profile>,
+        stop: Option<usize>,
+    ) -> Result<Option<Vec<Tensor>>> {
         let mut hook = hook;
         if inputs.len() != self.inputs.len() {
             return Err(InterpError::Usage(format!(
@@ -546,6 +570,9 @@ impl Interpreter {
                 };
                 if let (Some(h), Some(w)) = (hook.as_mut(), &st.weight) {
                     self.call_hook(&mut **h, st, w, &ctx)?;
+                }
+                if stop.is_some_and(|last| st.position >= last) {
+                    return Ok(None);
                 }
                 (st.func)(&ctx).map_err(|e| self.step_error(st, e.0))?
             };
@@ -608,7 +635,7 @@ impl Interpreter {
                     .map_err(cerr)?,
             );
         }
-        Ok(out)
+        Ok(Some(out))
     }
 
     fn call_hook(&self, h: &mut dyn Hook, st: &Step, w: &WeightRef, ctx: &OpCtx<'_>) -> Result<()> {

@@ -25,10 +25,11 @@
 //! - [`layerfile`]: one layer as `.safetensors` in the format of the shared
 //!   numpy oracle (`W`, `X` or `H` in; `W`, `mask`, `row_losses` out).
 //!
-//! Still to come (issue 6): the interpreter-driven calibration that feeds
-//! [`Hessian`] from activation hooks, and the `prune --method sparsegpt`
-//! command that writes the result with the sparse / joint ops.
+//! - [`calibrate`]: the whole-program driver: the interpreter runs the
+//!   calibration samples, hooks feed each layer's [`Hessian`], stages are
+//!   pruned in program order (`prune --method sparsegpt`).
 
+pub mod calibrate;
 pub mod hessian;
 pub mod layerfile;
 pub mod layout;
@@ -85,6 +86,10 @@ pub enum SparseGptError {
         /// Factorisations tried.
         attempts: u32,
     },
+    /// Running the calibration samples through the program failed, or a
+    /// layer met there cannot be pruned.
+    #[error("calibration: {0}")]
+    Calibration(String),
     /// A layer file (`.safetensors`) that cannot be read or written.
     #[error("{path}: {reason}")]
     File {

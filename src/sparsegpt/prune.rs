@@ -64,8 +64,11 @@ pub enum MaskRule {
     /// The references' rule: prune every score `<=` the `K`-th smallest
     /// (0-based), `K = ⌊numel·s⌋`: `K + 1` weights per block, more on ties.
     Reference,
-    /// A deviation from the references: prune exactly `K` weights per block,
-    /// ties by row-major position within the block.
+    /// A deviation from the references: exactly `round(s·numel)` weights
+    /// of the whole matrix, spread over the blocks by cumulative rounding
+    /// (block `[b0, b1)` prunes `round(s·r·b1) − round(s·r·b0)`), ties by
+    /// row-major position within the block. The sparsity the command asks
+    /// for is then the sparsity it writes, as with magnitude pruning.
     Exact,
 }
 
@@ -192,6 +195,19 @@ impl PruneParams {
 /// `⌊numel · s⌋` with the product in f64, as the references' `int(numel * s)`.
 fn cut_index(numel: usize, sparsity: f64) -> usize {
     (numel as f64 * sparsity) as usize
+}
+
+/// The cut of block `[b0, b1)` of an `r`-row matrix under `rule`: the
+/// references' `K` for [`MaskRule::Reference`], the block's share of
+/// `round(s·numel)` for [`MaskRule::Exact`].
+fn block_cut(r: usize, b0: usize, b1: usize, sparsity: f64, rule: MaskRule) -> usize {
+    match rule {
+        MaskRule::Reference => cut_index(r * (b1 - b0), sparsity),
+        MaskRule::Exact => {
+            let upto = |j: usize| ((r * j) as f64 * sparsity).round() as usize;
+            upto(b1) - upto(b0)
+        }
+    }
 }
 
 /// The result of [`prune_layer`].
@@ -486,7 +502,8 @@ fn sweep(w: &[f32], r: usize, c: usize, v: &[f64], dead: &[bool], params: &Prune
 
         m1.fill(false);
         if let Pattern::Unstructured { sparsity, rule } = params.pattern {
-            select_unstructured(w1, &d, k, sparsity, rule, m1, &mut scores);
+            let cut = block_cut(r, b0, b1, sparsity, rule);
+            select_unstructured(w1, &d, k, cut, rule, m1, &mut scores);
         }
         let ubb = &*ubb;
         w1.par_chunks_mut(k)
@@ -553,7 +570,7 @@ fn select_unstructured(
     w1: &[f64],
     d: &[f64],
     k: usize,
-    sparsity: f64,
+    cut: usize,
     rule: MaskRule,
     mask: &mut [bool],
     scratch: &mut Vec<f64>,
@@ -563,7 +580,6 @@ fn select_unstructured(
         let (x, di) = (w1[idx], d[idx % k]);
         x * x / (di * di)
     };
-    let cut = cut_index(numel, sparsity);
     match rule {
         MaskRule::Reference => {
             scratch.clear();

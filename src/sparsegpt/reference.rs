@@ -209,7 +209,14 @@ pub fn naive_prune(
                     sc.push((x * x / (u[j * c + j] * u[j * c + j]), row, j));
                 }
             }
-            let kcut = (sc.len() as f64 * sparsity) as usize;
+            let kcut = match rule {
+                MaskRule::Reference => (sc.len() as f64 * sparsity) as usize,
+                // The block's share of round(s·numel) (cumulative rounding).
+                MaskRule::Exact => {
+                    ((r * b1) as f64 * sparsity).round() as usize
+                        - ((r * b0) as f64 * sparsity).round() as usize
+                }
+            };
             match rule {
                 MaskRule::Reference => {
                     let mut s: Vec<f64> = sc.iter().map(|t| t.0).collect();
