@@ -274,6 +274,24 @@ pub struct PalettizeArgs {
     pub common: CommonCompressArgs,
     #[command(flatten)]
     pub lut: LutArgs,
+    /// Store LUT entries as 8-bit codes with one scale per LUT, decoded by
+    /// a constexpr_blockwise_shift_scale that feeds the LUT (iOS18).
+    #[arg(long, value_enum)]
+    pub lut_dtype: Option<LutDTypeArg>,
+    /// Scale each output channel by its max |w| before clustering and fold
+    /// the scales into per-channel LUTs (iOS18; coremltools'
+    /// enable_per_channel_scale, see the README for the layout).
+    #[arg(long)]
+    pub per_channel_scale: bool,
+}
+
+/// Values of --lut-dtype.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LutDTypeArg {
+    /// Signed 8-bit codes, symmetric (no offset).
+    Int8,
+    /// Unsigned 8-bit codes, symmetric around 127.
+    Uint8,
 }
 
 /// LUT settings (palettize, and the joint form of prune).

@@ -62,6 +62,21 @@ pub struct PalettizeEntry {
     pub weight_threshold: Option<usize>,
     /// divisor (default) / skip.
     pub group_size_fallback: Option<GroupSizeFallback>,
+    /// Store LUT entries as int8/uint8 codes with a scale per LUT (iOS18).
+    pub lut_dtype: Option<LutDType>,
+    /// Normalise each output channel by its max |w| and fold the scale
+    /// into the LUT side (iOS18).
+    pub per_channel_scale: Option<bool>,
+}
+
+/// Integer types for LUT entries (`--lut-dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LutDType {
+    /// Signed 8-bit codes, symmetric (no offset stored).
+    Int8,
+    /// Unsigned 8-bit codes, symmetric around code 127 (offset stored).
+    Uint8,
 }
 
 /// A partial entry of some pass's config.
@@ -80,6 +95,8 @@ impl Entry for PalettizeEntry {
             channel_axis: self.channel_axis.or(base.channel_axis),
             weight_threshold: self.weight_threshold.or(base.weight_threshold),
             group_size_fallback: self.group_size_fallback.or(base.group_size_fallback),
+            lut_dtype: self.lut_dtype.or(base.lut_dtype),
+            per_channel_scale: self.per_channel_scale.or(base.per_channel_scale),
         }
     }
 }
@@ -173,6 +190,8 @@ impl PruneEntry {
             channel_axis: self.channel_axis,
             weight_threshold: self.weight_threshold,
             group_size_fallback: self.group_size_fallback,
+            lut_dtype: None,
+            per_channel_scale: None,
         }))
     }
 }

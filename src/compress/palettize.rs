@@ -10,12 +10,14 @@
 //! The LUT of one tensor ([`palettize_weight`]) is also the second half of
 //! `prune --nbits` (the one-shot joint form).
 
-use super::config::{Granularity, GroupSizeFallback, OptimizationConfig, PalettizeEntry};
-use super::emit::Lut;
+use super::config::{Granularity, GroupSizeFallback, LutDType, OptimizationConfig, PalettizeEntry};
+use super::emit::{Lut, LutStored};
 use super::pass::{Compressed, Decision, TargetOptions, WeightData, WeightPass, WeightRewriter};
 use super::select::{channel_axis, Selection, Source, Weight};
-use crate::kernels::palettize::{Element, GroupError, GroupError2, Mode};
+use crate::kernels::palettize::{quantize_lut, Element, GroupError, GroupError2, LutCodes, Mode};
+use crate::kernels::quantize::{QType, Spec};
 use crate::mil::value::BlobFiles;
+use crate::mil::DType;
 use crate::mil::{Data, FunctionIndex, Tensor};
 use crate::package::Package;
 use crate::report::Metrics;
@@ -42,6 +44,10 @@ pub struct Settings {
     pub group_size_fallback: GroupSizeFallback,
     /// The group size asked for, when the fallback chose another.
     pub requested_group_size: Option<usize>,
+    /// LUT entries as 8-bit codes with a scale per LUT.
+    pub lut_dtype: Option<LutDType>,
+    /// Per-output-channel scales folded into the LUTs.
+    pub per_channel_scale: bool,
 }
 
 /// A weight's LUT settings and grouping axis.
@@ -97,6 +103,8 @@ pub fn settings(e: &PalettizeEntry) -> Result<Settings, String> {
         weight_threshold: e.weight_threshold.unwrap_or(2048),
         group_size_fallback: e.group_size_fallback.unwrap_or(GroupSizeFallback::Divisor),
         requested_group_size: None,
+        lut_dtype: e.lut_dtype,
+        per_channel_scale: e.per_channel_scale.unwrap_or(false),
     })
 }
 
@@ -165,7 +173,11 @@ pub fn lut_decision(
 
 /// Why a LUT plan needs the iOS18 opset, if it does.
 pub fn lut_ios18_reason(p: &LutPlan) -> Option<&'static str> {
-    (p.settings.granularity == Granularity::PerGroupedChannel || p.settings.nbits == Some(3))
+    let s = &p.settings;
+    if s.lut_dtype.is_some() || s.per_channel_scale {
+        return Some("quantized LUT entries and per-channel scales");
+    }
+    (s.granularity == Granularity::PerGroupedChannel || s.nbits == Some(3))
         .then_some("per-grouped-channel and 3-bit palettization")
 }
 
@@ -186,6 +198,8 @@ pub fn lut_detail(p: &LutPlan, l: &Lut) -> serde_json::Map<String, serde_json::V
         },
         "group_size_requested": p.settings.requested_group_size,
         "groups": l.groups,
+        "lut_dtype": p.settings.lut_dtype,
+        "per_channel_scale": p.settings.per_channel_scale,
     }) else {
         unreachable!("an object literal")
     };
@@ -303,37 +317,71 @@ pub fn palettize_weight(
 ) -> Result<(Lut, GroupError2), String> {
     match &t.data {
         Data::F16(x) => {
-            let (lut, indices, nbits, groups, gs, e) =
-                palettize_values::<f16>(x, &t.shape, keep, p)?;
-            Ok((
-                lut_of(Data::F16(lut), indices, nbits, groups, gs, p.axis),
-                e,
-            ))
+            let r = palettize_values::<f16>(x, &t.shape, keep, p)?;
+            Ok(r.into_lut(Data::F16, p))
         }
         Data::F32(x) => {
-            let (lut, indices, nbits, groups, gs, e) =
-                palettize_values::<f32>(x, &t.shape, keep, p)?;
-            Ok((
-                lut_of(Data::F32(lut), indices, nbits, groups, gs, p.axis),
-                e,
-            ))
+            let r = palettize_values::<f32>(x, &t.shape, keep, p)?;
+            Ok(r.into_lut(Data::F32, p))
         }
         _ => Err(format!("dtype {} is not fp16/fp32", t.dtype)),
     }
 }
 
-fn lut_of(lut: Data, indices: Vec<u8>, nbits: u32, groups: usize, gs: usize, axis: usize) -> Lut {
-    Lut {
-        nbits,
-        groups,
-        axis,
-        group_size: gs,
-        indices,
-        lut,
-    }
+/// A palettized tensor before it becomes a [`Lut`].
+struct Palettized<T> {
+    lut: Vec<T>,
+    indices: Vec<u8>,
+    nbits: u32,
+    groups: usize,
+    group_size: usize,
+    error: GroupError2,
+    /// Per LUT, the entries as codes (`--lut-dtype`).
+    codes: Option<Vec<LutCodes>>,
 }
 
-type Palettized<T> = (Vec<T>, Vec<u8>, u32, usize, usize, GroupError2);
+impl<T: Element> Palettized<T> {
+    fn into_lut(self, wrap: fn(Vec<T>) -> Data, p: &LutPlan) -> (Lut, GroupError2) {
+        let stored = self.codes.map(|codes| {
+            let signed = p.settings.lut_dtype == Some(LutDType::Int8);
+            let all: Vec<i32> = codes.iter().flat_map(|c| c.codes.iter().copied()).collect();
+            let scales: Vec<T> = codes.iter().map(|c| T::from_f32(c.params.scale)).collect();
+            let zps: Vec<i32> = codes.iter().map(|c| c.params.zero_point).collect();
+            let any_offset = zps.iter().any(|&z| z != 0);
+            let (dtype, data, offset) = if signed {
+                (
+                    DType::Int8,
+                    Data::I8(all.iter().map(|&c| c as i8).collect()),
+                    any_offset.then(|| Data::I8(zps.iter().map(|&z| z as i8).collect())),
+                )
+            } else {
+                (
+                    DType::Uint8,
+                    Data::U8(all.iter().map(|&c| c as u8).collect()),
+                    any_offset.then(|| Data::U8(zps.iter().map(|&z| z as u8).collect())),
+                )
+            };
+            LutStored {
+                dtype,
+                data,
+                scale: wrap(scales),
+                offset,
+            }
+        });
+        (
+            Lut {
+                nbits: self.nbits,
+                groups: self.groups,
+                axis: p.axis,
+                group_size: self.group_size,
+                indices: self.indices,
+                lut: wrap(self.lut),
+                stored,
+            },
+            self.error,
+        )
+    }
+}
 
 fn palettize_values<T: Element>(
     x: &[T],
@@ -388,10 +436,21 @@ fn palettize_values<T: Element>(
                 .ok_or(format!("{m} unique values need more than 8 bits"))?
         }
     };
+    let lut_spec = s.lut_dtype.map(|d| Spec {
+        qtype: match d {
+            LutDType::Int8 => QType::Int8,
+            LutDType::Uint8 => QType::Uint8,
+        },
+        symmetric: true,
+    });
     let res: Vec<_> = (0..groups)
         .into_par_iter()
         .map_init(T::Scratch::default, |sc, g| {
-            T::palettize(&values(g), nbits, s.mode, sc)
+            let v = values(g);
+            T::palettize(&v, nbits, s.mode, sc).map(|mut gr| {
+                let codes = lut_spec.map(|spec| quantize_lut(&v, &mut gr, spec));
+                (gr, codes)
+            })
         })
         .collect();
     // Indices land at dense positions first; a sparse weight then keeps
@@ -399,8 +458,12 @@ fn palettize_values<T: Element>(
     let mut dense = vec![0u8; x.len()];
     let mut lut = Vec::with_capacity(groups << nbits);
     let mut acc = GroupError2::default();
+    let mut all_codes = lut_spec.map(|_| Vec::with_capacity(groups));
     for (g, r) in res.into_iter().enumerate() {
-        let gr = r.map_err(group_err)?;
+        let (gr, codes) = r.map_err(group_err)?;
+        if let (Some(all), Some(c)) = (&mut all_codes, codes) {
+            all.push(c);
+        }
         acc.add(&gr.error);
         if contiguous {
             dense[g * gs * inner..(g + 1) * gs * inner].copy_from_slice(&gr.indices);
@@ -420,7 +483,15 @@ fn palettize_values<T: Element>(
             .map(|(v, _)| v)
             .collect(),
     };
-    Ok((lut, indices, nbits, groups, gs, acc))
+    Ok(Palettized {
+        lut,
+        indices,
+        nbits,
+        groups,
+        group_size: gs,
+        error: acc,
+        codes: all_codes,
+    })
 }
 
 fn group_err(e: GroupError) -> String {
