@@ -405,3 +405,162 @@ fn lut_dtype_needs_ios18_and_is_deterministic() {
         "--threads 1 vs 3",
     );
 }
+
+/// `--per-channel-scale` in coremltools' layout (one scale per input position, folded into one
+/// stored LUT per LUT group and position) against coremltools' `enable_per_channel_scale=True`:
+/// per weight never worse, weight.bin no larger; the `--scale-axis output` layout decodes as
+/// reported and is smaller; a weight that is skipped stays exactly as it was (coremltools #2777
+/// leaves it divided by its scales); decompress equals coremltools' decoding bit for bit.
+#[test]
+fn per_channel_scale_not_worse_than_coremltools() {
+    let tmp = tempdir();
+    let base = fixture("tiny-sd-unet-ios18");
+    // (id, our flags, coremltools config or null)
+    let cases: [(&str, &[&str], Value); 5] = [
+        (
+            "pcs-tensor",
+            &["--nbits", "4", "--per-channel-scale"],
+            json!({"nbits": 4, "enable_per_channel_scale": true}),
+        ),
+        (
+            "pcs-gs16",
+            &["--nbits", "4", "--group-size", "16", "--per-channel-scale"],
+            json!({"nbits": 4, "granularity": "per_grouped_channel", "group_size": 16,
+                   "enable_per_channel_scale": true}),
+        ),
+        (
+            "pcs-gs16-int8",
+            &[
+                "--nbits",
+                "4",
+                "--group-size",
+                "16",
+                "--per-channel-scale",
+                "--lut-dtype",
+                "int8",
+            ],
+            Value::Null,
+        ),
+        (
+            "pcs-output",
+            &[
+                "--nbits",
+                "4",
+                "--per-channel-scale",
+                "--scale-axis",
+                "output",
+            ],
+            Value::Null,
+        ),
+        (
+            "pcs-skip",
+            &[
+                "--nbits",
+                "4",
+                "--group-size",
+                "24",
+                "--group-size-fallback",
+                "skip",
+                "--per-channel-scale",
+            ],
+            Value::Null,
+        ),
+    ];
+    let mut runs = Vec::new();
+    for (id, args, _) in &cases {
+        let run = palettize(&base, &tmp.path().join(format!("{id}.mlpackage")), args);
+        let ws = compressed(&run.report);
+        if *id == "pcs-skip" {
+            assert!(
+                ws.len() < 81 && !ws.is_empty(),
+                "{id}: {} compressed",
+                ws.len()
+            );
+        } else {
+            assert_eq!(ws.len(), 81, "{id}: compressed weights");
+        }
+        for w in &ws {
+            assert_eq!(w["per_channel_scale"], true, "{id}");
+        }
+        let ops = op_types(&run.out);
+        assert_eq!(
+            ops.get("constexpr_blockwise_shift_scale"),
+            ops.get("constexpr_lut_to_dense"),
+            "{id}: one scale op per LUT op"
+        );
+        runs.push(run);
+    }
+    // The output layout stores one LUT per output channel: smaller than the input layout here.
+    let size = |i: usize| {
+        runs[i].report["totals"]["weight_bytes_after"]
+            .as_u64()
+            .unwrap()
+    };
+    assert!(
+        size(3) < size(0),
+        "output layout {} vs input {}",
+        size(3),
+        size(0)
+    );
+    let Some(py) = python() else { return };
+    let mut jobs = Vec::new();
+    for ((id, _, cfg), run) in cases.iter().zip(&runs) {
+        jobs.push((format!("{id}/ours"), run.out.clone(), base.clone()));
+        if !cfg.is_null() {
+            let recipe = json!([{"fn": "palettize_weights", "config": cfg}]);
+            let ct = coremltools_made(
+                &py,
+                &base,
+                &tmp.path().join(format!("{id}.ct.mlpackage")),
+                recipe,
+            );
+            jobs.push((format!("{id}/coremltools"), ct, base.clone()));
+        }
+    }
+    let facts = ct_facts(&py, tmp.path(), &jobs);
+    for ((id, _, cfg), run) in cases.iter().zip(&runs) {
+        let ours = &facts[&format!("{id}/ours")];
+        let o = ours["weights"].as_object().unwrap();
+        let reported: Vec<&str> = compressed(&run.report)
+            .iter()
+            .map(|w| w["name"].as_str().unwrap())
+            .collect();
+        for (name, w) in o {
+            if reported.contains(&name.as_str()) {
+                continue;
+            }
+            // Skipped or below the threshold: exactly the input's values.
+            assert_eq!(w["compressed"], false, "{id}: {name}");
+            assert_eq!(w["sse"].as_f64(), Some(0.0), "{id}: {name} changed");
+        }
+        if cfg.is_null() {
+            // Decodes in coremltools to the reported SNR.
+            for w in compressed(&run.report) {
+                let name = w["name"].as_str().unwrap();
+                let (a, b) = (
+                    w["snr_db"].as_f64().unwrap(),
+                    o[name]["snr_db"].as_f64().unwrap(),
+                );
+                assert!((a - b).abs() <= SNR_TOL_DB, "{id}: {name}: {a} vs {b} dB");
+            }
+            println!(
+                "{id}: SNR {:.3} dB, weight.bin {}",
+                run.report["totals"]["global_snr_db"], ours["weight_bin_bytes"]
+            );
+            continue;
+        }
+        let theirs = &facts[&format!("{id}/coremltools")];
+        let (better, equal, snr_o, snr_t) = compare(id, run, ours, theirs);
+        let (bo, bt) = (
+            ours["weight_bin_bytes"].as_u64().unwrap(),
+            theirs["weight_bin_bytes"].as_u64().unwrap(),
+        );
+        println!(
+            "{id}: {better} weights better, {equal} equal; SNR ours {snr_o:.3} dB, coremltools {snr_t:.3} dB; weight.bin ours {bo}, coremltools {bt}"
+        );
+        assert!(bo <= bt, "{id}: weight.bin {bo} > coremltools {bt}");
+        oracle_accepts(&py, id, &run.out, &base, 81);
+    }
+    let named: Vec<(&str, &Run)> = cases.iter().map(|c| c.0).zip(&runs).collect();
+    decompress_matches_coremltools(&py, tmp.path(), &named[..4]);
+}

@@ -283,6 +283,20 @@ pub struct PalettizeArgs {
     /// enable_per_channel_scale, see the README for the layout).
     #[arg(long)]
     pub per_channel_scale: bool,
+    /// With --per-channel-scale: 'input' (default, coremltools' layout: one
+    /// scale per input position, the max over the output channels) or
+    /// 'output' (one scale per output channel; smaller for conv weights).
+    #[arg(long, value_enum, requires = "per_channel_scale")]
+    pub scale_axis: Option<ScaleAxisArg>,
+}
+
+/// Values of --scale-axis.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ScaleAxisArg {
+    /// One scale per position off the channel axis.
+    Input,
+    /// One scale per output channel.
+    Output,
 }
 
 /// Values of --lut-dtype.

@@ -64,9 +64,23 @@ pub struct PalettizeEntry {
     pub group_size_fallback: Option<GroupSizeFallback>,
     /// Store LUT entries as int8/uint8 codes with a scale per LUT (iOS18).
     pub lut_dtype: Option<LutDType>,
-    /// Normalise each output channel by its max |w| and fold the scale
-    /// into the LUT side (iOS18).
+    /// Normalise by per-channel scales (max |w|) and fold the scales into
+    /// the LUT side (iOS18).
     pub per_channel_scale: Option<bool>,
+    /// Which positions share a scale: `input` (default, coremltools') or
+    /// `output`.
+    pub scale_axis: Option<ScaleAxis>,
+}
+
+/// The layout of per-channel scales (`--scale-axis`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScaleAxis {
+    /// One scale per position off the channel axis (max over the output
+    /// channels: coremltools' `enable_per_channel_scale`).
+    Input,
+    /// One scale per output channel (max over the rest of the channel).
+    Output,
 }
 
 /// Integer types for LUT entries (`--lut-dtype`).
@@ -97,6 +111,7 @@ impl Entry for PalettizeEntry {
             group_size_fallback: self.group_size_fallback.or(base.group_size_fallback),
             lut_dtype: self.lut_dtype.or(base.lut_dtype),
             per_channel_scale: self.per_channel_scale.or(base.per_channel_scale),
+            scale_axis: self.scale_axis.or(base.scale_axis),
         }
     }
 }
@@ -192,6 +207,7 @@ impl PruneEntry {
             group_size_fallback: self.group_size_fallback,
             lut_dtype: None,
             per_channel_scale: None,
+            scale_axis: None,
         }))
     }
 }

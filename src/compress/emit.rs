@@ -165,6 +165,10 @@ pub struct Lut {
     /// How the entries are stored when not as they are: scaled codes
     /// decoded by a `constexpr_blockwise_shift_scale` that feeds the LUT.
     pub stored: Option<LutStored>,
+    /// The LUT block grid (rank of the weight) when LUTs vary along more
+    /// than `axis` (per-channel scales along other axes); `groups` is then
+    /// the product.
+    pub grid: Option<Vec<usize>>,
 }
 
 /// LUT entries stored through `constexpr_blockwise_shift_scale`, one scale
@@ -181,6 +185,10 @@ pub struct LutStored {
     pub scale: Data,
     /// One per LUT, in `dtype`; `None` when all are 0.
     pub offset: Option<Data>,
+    /// The grid of `scale` (rank of the weight) when it is coarser than
+    /// the LUTs' (a scale shared by the LUTs of every group); `None` = one
+    /// per LUT.
+    pub scale_grid: Option<Vec<usize>>,
 }
 
 impl Lut {
@@ -188,7 +196,10 @@ impl Lut {
     /// `axis`.
     fn shape(&self, rank: usize) -> Vec<usize> {
         let mut s = vec![1usize; rank + 2];
-        s[self.axis] = self.groups;
+        match &self.grid {
+            Some(g) => s[..rank].copy_from_slice(g),
+            None => s[self.axis] = self.groups,
+        }
         s[rank] = 1 << self.nbits;
         s
     }
@@ -214,6 +225,9 @@ impl Lut {
         };
         let mut sshape = shape.clone();
         sshape[rank] = 1;
+        if let Some(g) = &st.scale_grid {
+            sshape[..rank].copy_from_slice(g);
+        }
         let data = Tensor {
             dtype: st.dtype,
             shape: shape.clone(),

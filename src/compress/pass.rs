@@ -504,11 +504,12 @@ fn storage_detail(w: &Weight, c: &Compressed) -> serde_json::Map<String, serde_j
                 // Stored entries, plus a scale (and offset) per LUT.
                 Some(st) => {
                     let g = l.groups as u64;
+                    let scales = st.scale.len() as u64;
                     (g << l.nbits) * u64::from(st.dtype.bits())
-                        + g * dtype_bits
+                        + scales * dtype_bits
                         + st.offset
                             .as_ref()
-                            .map_or(0, |_| g * u64::from(st.dtype.bits()))
+                            .map_or(0, |o| o.len() as u64 * u64::from(st.dtype.bits()))
                 }
             },
         ),
@@ -674,6 +675,7 @@ mod tests {
                 indices: vec![0; n - pruned],
                 lut: Data::F16(vec![f16::ZERO; groups << nbits]),
                 stored: None,
+                grid: None,
             }),
             quant: None,
             metrics: Metrics::default(),

@@ -270,6 +270,8 @@ pub trait Element: Copy + Send + Sync + 'static {
     fn to_f64(self) -> f64;
     /// `x`, already a value of this type (exact).
     fn from_f32(x: f32) -> Self;
+    /// `x` rounded to this type (nearest, ties to even).
+    fn from_f64(x: f64) -> Self;
 }
 
 impl Element for f16 {
@@ -293,6 +295,9 @@ impl Element for f16 {
     fn from_f32(x: f32) -> Self {
         f16::from_f32(x)
     }
+    fn from_f64(x: f64) -> Self {
+        f16::from_f64(x)
+    }
 }
 
 impl Element for f32 {
@@ -315,6 +320,9 @@ impl Element for f32 {
     }
     fn from_f32(x: f32) -> Self {
         x
+    }
+    fn from_f64(x: f64) -> Self {
+        x as f32
     }
 }
 
@@ -420,6 +428,149 @@ pub fn quantize_lut<T: Element>(values: &[T], g: &mut Group<T>, spec: Spec) -> L
     g.indices = indices;
     g.error = error;
     LutCodes { codes, params: p }
+}
+
+/// A group of channels palettized with a scale per channel: one shared
+/// LUT `L` over the normalised values, channel `o` decoding to
+/// `round(r_o · d_j)` where `d` is `L` (or its codes minus the zero point)
+/// and `r_o` the channel's stored scale.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScaledGroup<T> {
+    /// The shared normalised LUT (`2^nbits` entries; its decoded values
+    /// when stored as codes).
+    pub lut: Vec<T>,
+    /// The shared LUT as codes (`--lut-dtype`).
+    pub codes: Option<LutCodes>,
+    /// Per channel: the stored scale `r_o`.
+    pub row_scale: Vec<T>,
+    /// Per channel: its decoded LUT (`2^nbits` entries).
+    pub levels: Vec<Vec<T>>,
+    /// Per channel: one index per value.
+    pub indices: Vec<Vec<u8>>,
+    /// Error of the decoded reconstruction.
+    pub error: GroupError2,
+}
+
+/// Palettizes the channels `rows` of one group with a per-channel scale.
+///
+/// Each channel's scale is `S_o = max |w|` over the channel (1 for an
+/// all-zero channel), stored in the weight's dtype; the normalised values
+/// `u = w / S_o` (rounded to the dtype) are clustered with weights `S_o²`,
+/// which is the exact k-means objective in the weight's own units:
+/// `(w − S_o·c)² = S_o²·(u − c)²`. An unweighted clustering of `u` (what
+/// coremltools does) spends entries on channels whose errors are scaled
+/// down. Every value then takes the nearest of its channel's *decoded*
+/// entries, so the error is that of the stored model.
+///
+/// `scales` gives each row's scale when it is not its own max |w| (a scale
+/// shared with rows of other groups).
+pub fn palettize_scaled<T: Element>(
+    rows: &[Vec<T>],
+    scales: Option<&[T]>,
+    nbits: u32,
+    lut_spec: Option<Spec>,
+) -> Result<ScaledGroup<T>, GroupError> {
+    let k = 1usize << nbits;
+    if rows.iter().flatten().any(|v| !v.to_f64().is_finite()) {
+        return Err(GroupError::NonFinite);
+    }
+    let scales: Vec<T> = match scales {
+        Some(s) => s.to_vec(),
+        None => rows.iter().map(|r| row_scale(r)).collect(),
+    };
+    let mut pairs: Vec<(f64, f64)> = Vec::with_capacity(rows.iter().map(Vec::len).sum());
+    for (r, s) in rows.iter().zip(&scales) {
+        let s = s.to_f64();
+        for v in r {
+            let u = T::from_f64(v.to_f64() / s).to_f64();
+            pairs.push((if u == 0.0 { 0.0 } else { u }, s * s));
+        }
+    }
+    pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut hist = Histogram::default();
+    for (u, w) in pairs {
+        match hist.values.last() {
+            Some(&l) if l == u => *hist.counts.last_mut().expect("non-empty") += w,
+            _ => {
+                hist.values.push(u);
+                hist.counts.push(w);
+            }
+        }
+    }
+    let mut lut: Vec<T> = kmeans_1d(&hist, k)
+        .centroids
+        .iter()
+        .map(|&c| T::from_f64(c))
+        .collect();
+    lut.resize(k, T::ZERO);
+    let store = T::STORE;
+    // The stored entries d_j and each channel's stored scale r_o.
+    let (data, codes, row_scale): (Vec<f64>, Option<LutCodes>, Vec<T>) = match lut_spec {
+        None => (
+            lut.iter().map(|x| x.to_f64()).collect(),
+            None,
+            scales.clone(),
+        ),
+        Some(spec) => {
+            let (lo, hi) = spec.qtype.range(spec.symmetric);
+            let lf: Vec<f32> = lut.iter().map(|x| x.to_f64() as f32).collect();
+            let (mn, mx) = lf
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| {
+                    (a.min(x), b.max(x))
+                });
+            let p = params(mn, mx, spec, store);
+            let q: Vec<i32> = lf.iter().map(|&x| quantize(x, p, lo, hi, store)).collect();
+            lut = q
+                .iter()
+                .map(|&c| T::from_f32(dequantize(c, p, store)))
+                .collect();
+            let rs = scales
+                .iter()
+                .map(|s| T::from_f64(s.to_f64() * f64::from(p.scale)))
+                .collect();
+            (
+                q.iter().map(|&c| f64::from(c - p.zero_point)).collect(),
+                Some(LutCodes {
+                    codes: q,
+                    params: p,
+                }),
+                rs,
+            )
+        }
+    };
+    let mut error = GroupError2::default();
+    let mut levels = Vec::with_capacity(rows.len());
+    let mut indices = Vec::with_capacity(rows.len());
+    for (r, s) in rows.iter().zip(&row_scale) {
+        // Core ML multiplies in the dtype: one rounding of the exact product.
+        let lv: Vec<T> = data.iter().map(|&d| T::from_f64(s.to_f64() * d)).collect();
+        let lf: Vec<f64> = lv.iter().map(|x| x.to_f64()).collect();
+        let (idx, e) = assign_nearest(r, &lf);
+        error.add(&e);
+        levels.push(lv);
+        indices.push(idx);
+    }
+    Ok(ScaledGroup {
+        lut,
+        codes,
+        row_scale,
+        levels,
+        indices,
+        error,
+    })
+}
+
+/// The scale of values `r`: max |w| in the weight's dtype, 1 when all are
+/// zero (so that nothing is divided by 0).
+pub fn row_scale<T: Element>(r: &[T]) -> T {
+    let m = r.iter().fold(0f64, |m, v| m.max(v.to_f64().abs()));
+    let s = T::from_f64(m);
+    if s.to_f64() > 0.0 {
+        s
+    } else {
+        T::from_f64(1.0)
+    }
 }
 
 /// Index of the entry of sorted `lut` nearest to `x` (lower on ties).
