@@ -254,7 +254,8 @@ fn lut_dtype_not_worse_than_coremltools() {
     let base = fixture("tiny-sd-unet-ios18");
     let pruned = fixture("tiny-sd-unet-ios18.prune0.4");
     // (id, input, our flags, coremltools palettizer config, joint, LUT code type)
-    let cases: [(&str, &Path, &[&str], Value, bool, &str); 3] = [
+    type Case<'a> = (&'a str, &'a Path, &'a [&'a str], Value, bool, &'a str);
+    let cases: [Case<'_>; 3] = [
         (
             "int8-tensor",
             &base,

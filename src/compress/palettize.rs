@@ -662,7 +662,7 @@ fn scaled_values_input<T: Element>(
     let (outer, chans, inner) = split_axis(shape, axis);
     let groups = chans / gs;
     let npos = outer * inner;
-    let kept = |i: usize| keep.map_or(true, |k| k[i]);
+    let kept = |i: usize| keep.is_none_or(|k| k[i]);
     // Element index of (position q, channel c).
     let at = |q: usize, c: usize| ((q / inner) * chans + c) * inner + q % inner;
     let scales: Vec<T> = (0..npos)
