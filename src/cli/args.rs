@@ -321,6 +321,38 @@ pub struct PalettizeArgs {
     pub common: CommonCompressArgs,
     #[command(flatten)]
     pub lut: LutArgs,
+    /// Store LUT entries as 8-bit codes with one scale per LUT, decoded by
+    /// a constexpr_blockwise_shift_scale that feeds the LUT (iOS18).
+    #[arg(long, value_enum)]
+    pub lut_dtype: Option<LutDTypeArg>,
+    /// Scale each output channel by its max |w| before clustering and fold
+    /// the scales into per-channel LUTs (iOS18; coremltools'
+    /// enable_per_channel_scale, see the README for the layout).
+    #[arg(long)]
+    pub per_channel_scale: bool,
+    /// With --per-channel-scale: 'input' (default, coremltools' layout: one
+    /// scale per input position, the max over the output channels) or
+    /// 'output' (one scale per output channel; smaller for conv weights).
+    #[arg(long, value_enum, requires = "per_channel_scale")]
+    pub scale_axis: Option<ScaleAxisArg>,
+}
+
+/// Values of --scale-axis.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ScaleAxisArg {
+    /// One scale per position off the channel axis.
+    Input,
+    /// One scale per output channel.
+    Output,
+}
+
+/// Values of --lut-dtype.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LutDTypeArg {
+    /// Signed 8-bit codes, symmetric (no offset).
+    Int8,
+    /// Unsigned 8-bit codes, symmetric around 127.
+    Uint8,
 }
 
 /// LUT settings (palettize, and the joint form of prune).

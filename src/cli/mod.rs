@@ -82,6 +82,9 @@ fn lut_entry(l: &args::LutArgs, weight_threshold: Option<usize>) -> Result<Palet
             args::FallbackArg::Divisor => GroupSizeFallback::Divisor,
             args::FallbackArg::Skip => GroupSizeFallback::Skip,
         }),
+        lut_dtype: None,
+        per_channel_scale: None,
+        scale_axis: None,
     };
     if e.granularity == Some(Granularity::PerTensor) && e.group_size.is_some() {
         anyhow::bail!("--group-size contradicts --granularity per-tensor");

@@ -2,7 +2,9 @@
 
 use super::args::PalettizeArgs;
 use anyhow::{anyhow, Result};
-use sdcompress::compress::config::{Entry, Granularity, GroupSizeFallback, OptimizationConfig};
+use sdcompress::compress::config::{
+    Entry, Granularity, GroupSizeFallback, LutDType, OptimizationConfig, ScaleAxis,
+};
 use sdcompress::compress::palettize::{Palettize, PalettizeOptions};
 use sdcompress::kernels::palettize::Mode;
 use sdcompress::package::Package;
@@ -17,7 +19,16 @@ pub fn run(a: PalettizeArgs, quiet: bool) -> Result<u8> {
         Some(p) => OptimizationConfig::load(p).map_err(|e| anyhow!(e))?,
         None => OptimizationConfig::default(),
     };
-    let flags = super::lut_entry(&a.lut, c.weight_threshold)?;
+    let mut flags = super::lut_entry(&a.lut, c.weight_threshold)?;
+    flags.lut_dtype = a.lut_dtype.map(|d| match d {
+        super::args::LutDTypeArg::Int8 => LutDType::Int8,
+        super::args::LutDTypeArg::Uint8 => LutDType::Uint8,
+    });
+    flags.per_channel_scale = a.per_channel_scale.then_some(true);
+    flags.scale_axis = a.scale_axis.map(|x| match x {
+        super::args::ScaleAxisArg::Input => ScaleAxis::Input,
+        super::args::ScaleAxisArg::Output => ScaleAxis::Output,
+    });
     config.global_config = Some(flags.over(&config.global_config.clone().unwrap_or_default()));
     let global = config.global_config.clone().unwrap_or_default();
     let opts = PalettizeOptions {
@@ -37,6 +48,10 @@ pub fn run(a: PalettizeArgs, quiet: bool) -> Result<u8> {
         "mode": global.mode.unwrap_or(Mode::Kmeans),
         "group_size_fallback": global.group_size_fallback.unwrap_or(GroupSizeFallback::Divisor),
         "weight_threshold": c.weight_threshold.unwrap_or(2048),
+        "lut_dtype": global.lut_dtype,
+        "per_channel_scale": global.per_channel_scale.unwrap_or(false),
+        "scale_axis": global.per_channel_scale.unwrap_or(false)
+            .then(|| global.scale_axis.unwrap_or(ScaleAxis::Input)),
         "include": c.include, "exclude": c.exclude, "op_types": c.op_types,
         "config": c.config.as_ref().map(|p| p.display().to_string()),
         "target": pass.out_target.ios,

@@ -62,6 +62,35 @@ pub struct PalettizeEntry {
     pub weight_threshold: Option<usize>,
     /// divisor (default) / skip.
     pub group_size_fallback: Option<GroupSizeFallback>,
+    /// Store LUT entries as int8/uint8 codes with a scale per LUT (iOS18).
+    pub lut_dtype: Option<LutDType>,
+    /// Normalise by per-channel scales (max |w|) and fold the scales into
+    /// the LUT side (iOS18).
+    pub per_channel_scale: Option<bool>,
+    /// Which positions share a scale: `input` (default, coremltools') or
+    /// `output`.
+    pub scale_axis: Option<ScaleAxis>,
+}
+
+/// The layout of per-channel scales (`--scale-axis`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScaleAxis {
+    /// One scale per position off the channel axis (max over the output
+    /// channels: coremltools' `enable_per_channel_scale`).
+    Input,
+    /// One scale per output channel (max over the rest of the channel).
+    Output,
+}
+
+/// Integer types for LUT entries (`--lut-dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LutDType {
+    /// Signed 8-bit codes, symmetric (no offset stored).
+    Int8,
+    /// Unsigned 8-bit codes, symmetric around code 127 (offset stored).
+    Uint8,
 }
 
 /// A partial entry of some pass's config.
@@ -80,6 +109,9 @@ impl Entry for PalettizeEntry {
             channel_axis: self.channel_axis.or(base.channel_axis),
             weight_threshold: self.weight_threshold.or(base.weight_threshold),
             group_size_fallback: self.group_size_fallback.or(base.group_size_fallback),
+            lut_dtype: self.lut_dtype.or(base.lut_dtype),
+            per_channel_scale: self.per_channel_scale.or(base.per_channel_scale),
+            scale_axis: self.scale_axis.or(base.scale_axis),
         }
     }
 }
@@ -173,6 +205,9 @@ impl PruneEntry {
             channel_axis: self.channel_axis,
             weight_threshold: self.weight_threshold,
             group_size_fallback: self.group_size_fallback,
+            lut_dtype: None,
+            per_channel_scale: None,
+            scale_axis: None,
         }))
     }
 }

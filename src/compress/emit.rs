@@ -159,8 +159,36 @@ pub struct Lut {
     /// Unpacked indices: dense row-major for a dense weight, the kept
     /// elements in row-major order for a sparse one.
     pub indices: Vec<u8>,
-    /// `groups · 2^nbits` entries, group-major, in the weight's dtype.
+    /// `groups · 2^nbits` entries, group-major, in the weight's dtype (the
+    /// decoded entries when `stored` is set).
     pub lut: Data,
+    /// How the entries are stored when not as they are: scaled codes
+    /// decoded by a `constexpr_blockwise_shift_scale` that feeds the LUT.
+    pub stored: Option<LutStored>,
+    /// The LUT block grid (rank of the weight) when LUTs vary along more
+    /// than `axis` (per-channel scales along other axes); `groups` is then
+    /// the product.
+    pub grid: Option<Vec<usize>>,
+}
+
+/// LUT entries stored through `constexpr_blockwise_shift_scale`, one scale
+/// (and offset) per LUT: `lut = scale · (data − offset)` rounded to the
+/// weight's dtype (iOS18; §5.4 of the format notes: below iOS26 the
+/// scaling goes on the LUT, before `constexpr_lut_to_dense`).
+#[derive(Debug, Clone)]
+pub struct LutStored {
+    /// dtype of `data`: int8/uint8 codes, or the weight's dtype.
+    pub dtype: DType,
+    /// `groups · 2^nbits` entries, group-major (`I8`, `U8`, `F16`, `F32`).
+    pub data: Data,
+    /// One per LUT, in the weight's dtype.
+    pub scale: Data,
+    /// One per LUT, in `dtype`; `None` when all are 0.
+    pub offset: Option<Data>,
+    /// The grid of `scale` (rank of the weight) when it is coarser than
+    /// the LUTs' (a scale shared by the LUTs of every group); `None` = one
+    /// per LUT.
+    pub scale_grid: Option<Vec<usize>>,
 }
 
 impl Lut {
@@ -168,9 +196,69 @@ impl Lut {
     /// `axis`.
     fn shape(&self, rank: usize) -> Vec<usize> {
         let mut s = vec![1usize; rank + 2];
-        s[self.axis] = self.groups;
+        match &self.grid {
+            Some(g) => s[..rank].copy_from_slice(g),
+            None => s[self.axis] = self.groups,
+        }
         s[rank] = 1 << self.nbits;
         s
+    }
+
+    /// The LUT input: the entries inline, or the output of a
+    /// `constexpr_blockwise_shift_scale` named `scale_op` that decodes the
+    /// stored entries (that op is returned too).
+    fn lut_input(
+        &self,
+        em: &mut Emitter<'_, '_>,
+        dtype: DType,
+        rank: usize,
+        scale_op: &str,
+    ) -> Result<(Argument, Option<Operation>), Error> {
+        let shape = self.shape(rank);
+        let Some(st) = &self.stored else {
+            let lut = Tensor {
+                dtype,
+                shape,
+                data: self.lut.clone(),
+            };
+            return Ok((inline_arg(em.value(&lut)?), None));
+        };
+        let mut sshape = shape.clone();
+        sshape[rank] = 1;
+        if let Some(g) = &st.scale_grid {
+            sshape[..rank].copy_from_slice(g);
+        }
+        let data = Tensor {
+            dtype: st.dtype,
+            shape: shape.clone(),
+            data: st.data.clone(),
+        };
+        let scale = Tensor {
+            dtype,
+            shape: sshape.clone(),
+            data: st.scale.clone(),
+        };
+        let mut inputs = BTreeMap::new();
+        inputs.insert("data".to_string(), inline_arg(em.value(&data)?));
+        inputs.insert("scale".to_string(), inline_arg(em.value(&scale)?));
+        if let Some(o) = &st.offset {
+            let off = Tensor {
+                dtype: st.dtype,
+                shape: sshape,
+                data: o.clone(),
+            };
+            inputs.insert("offset".to_string(), inline_arg(em.value(&off)?));
+        }
+        let mut attributes = BTreeMap::new();
+        attributes.insert("name".to_string(), string_value(scale_op));
+        let op = Operation {
+            r#type: "constexpr_blockwise_shift_scale".into(),
+            inputs,
+            outputs: vec![single_output(scale_op, dtype, &shape)],
+            blocks: vec![],
+            attributes,
+        };
+        Ok((named_arg(scale_op), Some(op)))
     }
 }
 
@@ -198,32 +286,34 @@ fn shape_tensor(shape: &[usize]) -> Tensor {
 }
 
 /// `constexpr_lut_to_dense` named `name` with output `out` (`dtype`,
-/// `shape`). Writes the indices, then the LUT.
+/// `shape`), preceded by the `constexpr_blockwise_shift_scale` named
+/// `scale_op` when the entries are stored scaled. Writes the indices, then
+/// the LUT (data, scale, offset).
 pub fn lut_to_dense(
     em: &mut Emitter<'_, '_>,
     name: &str,
+    scale_op: &str,
     out: &str,
     dtype: DType,
     shape: &[usize],
     l: &Lut,
-) -> Result<Operation, Error> {
+) -> Result<Vec<Operation>, Error> {
     let mut attributes = BTreeMap::new();
     attributes.insert("name".to_string(), string_value(name));
     let mut inputs = BTreeMap::new();
+    let mut ops = Vec::new();
     if em.ios18() {
         let idx = Tensor {
             dtype: uint_dtype(l.nbits),
             shape: shape.to_vec(),
             data: Data::U8(l.indices.clone()),
         };
-        let lut = Tensor {
-            dtype,
-            shape: l.shape(shape.len()),
-            data: l.lut.clone(),
-        };
         inputs.insert("indices".to_string(), inline_arg(em.value(&idx)?));
-        inputs.insert("lut".to_string(), inline_arg(em.value(&lut)?));
+        let (arg, op) = l.lut_input(em, dtype, shape.len(), scale_op)?;
+        inputs.insert("lut".to_string(), arg);
+        ops.extend(op);
     } else {
+        debug_assert!(l.stored.is_none(), "scaled LUTs are iOS18 only");
         // iOS16 form: packed indices as a flat uint8 vector, a rank-1 LUT
         // and the shape as uint32, all as attributes.
         let packed = bits::pack(&l.indices, l.nbits);
@@ -241,13 +331,14 @@ pub fn lut_to_dense(
         attributes.insert("lut".to_string(), em.value(&lut)?);
         attributes.insert("shape".to_string(), em.immediate(&shape_tensor(shape))?);
     }
-    Ok(Operation {
+    ops.push(Operation {
         r#type: "constexpr_lut_to_dense".into(),
         inputs,
         outputs: vec![single_output(out, dtype, shape)],
         blocks: vec![],
         attributes,
-    })
+    });
+    Ok(ops)
 }
 
 /// `constexpr_sparse_to_dense` named `name` with output `output`, from a
@@ -296,6 +387,8 @@ pub fn sparse_to_dense(
 pub struct JointNames<'n> {
     /// The `constexpr_lut_to_sparse` op.
     pub lut_op: &'n str,
+    /// The `constexpr_blockwise_shift_scale` of a scaled LUT.
+    pub scale_op: &'n str,
     /// Its two outputs: the mask and the kept values.
     pub lut_outputs: [&'n str; 2],
     /// The `constexpr_sparse_to_dense` op.
@@ -305,8 +398,9 @@ pub struct JointNames<'n> {
 }
 
 /// The joint form (iOS18 only): `constexpr_lut_to_sparse` (mask, indices
-/// of the kept elements, LUT) feeding `constexpr_sparse_to_dense`. Writes
-/// the mask, then the indices, then the LUT.
+/// of the kept elements, LUT) feeding `constexpr_sparse_to_dense`, after
+/// the LUT's `constexpr_blockwise_shift_scale` when the entries are stored
+/// scaled. Writes the mask, then the indices, then the LUT.
 pub fn lut_to_sparse(
     em: &mut Emitter<'_, '_>,
     n: &JointNames<'_>,
@@ -314,7 +408,7 @@ pub fn lut_to_sparse(
     shape: &[usize],
     mask: &[u8],
     l: &Lut,
-) -> Result<[Operation; 2], Error> {
+) -> Result<Vec<Operation>, Error> {
     let kept = l.indices.len();
     let m = Tensor {
         dtype: DType::Uint1,
@@ -326,18 +420,14 @@ pub fn lut_to_sparse(
         shape: vec![kept],
         data: Data::U8(l.indices.clone()),
     };
-    let lut = Tensor {
-        dtype,
-        shape: l.shape(shape.len()),
-        data: l.lut.clone(),
-    };
     let mut inputs = BTreeMap::new();
     inputs.insert("indices_mask".to_string(), inline_arg(em.value(&m)?));
     inputs.insert(
         "indices_nonzero_data".to_string(),
         inline_arg(em.value(&idx)?),
     );
-    inputs.insert("lut".to_string(), inline_arg(em.value(&lut)?));
+    let (arg, scale_op) = l.lut_input(em, dtype, shape.len(), n.scale_op)?;
+    inputs.insert("lut".to_string(), arg);
     let mut attributes = BTreeMap::new();
     attributes.insert("name".to_string(), string_value(n.lut_op));
     let lts = Operation {
@@ -362,7 +452,7 @@ pub fn lut_to_sparse(
         blocks: vec![],
         attributes,
     };
-    Ok([lts, std])
+    Ok(scale_op.into_iter().chain([lts, std]).collect())
 }
 
 /// A linearly quantized weight: codes over the dense shape, and a scale

@@ -10,12 +10,18 @@
 //! The LUT of one tensor ([`palettize_weight`]) is also the second half of
 //! `prune --nbits` (the one-shot joint form).
 
-use super::config::{Granularity, GroupSizeFallback, OptimizationConfig, PalettizeEntry};
-use super::emit::Lut;
+use super::config::{
+    Granularity, GroupSizeFallback, LutDType, OptimizationConfig, PalettizeEntry, ScaleAxis,
+};
+use super::emit::{Lut, LutStored};
 use super::pass::{Compressed, Decision, TargetOptions, WeightData, WeightPass, WeightRewriter};
 use super::select::{channel_axis, Selection, Source, Weight};
-use crate::kernels::palettize::{Element, GroupError, GroupError2, Mode};
+use crate::kernels::palettize::{
+    palettize_scaled, quantize_lut, row_scale, Element, GroupError, GroupError2, Mode, ScaledGroup,
+};
+use crate::kernels::quantize::{QType, Spec};
 use crate::mil::value::BlobFiles;
+use crate::mil::DType;
 use crate::mil::{Data, FunctionIndex, Tensor};
 use crate::package::Package;
 use crate::report::Metrics;
@@ -42,6 +48,12 @@ pub struct Settings {
     pub group_size_fallback: GroupSizeFallback,
     /// The group size asked for, when the fallback chose another.
     pub requested_group_size: Option<usize>,
+    /// LUT entries as 8-bit codes with a scale per LUT.
+    pub lut_dtype: Option<LutDType>,
+    /// Per-channel scales folded into the LUTs.
+    pub per_channel_scale: bool,
+    /// Their layout.
+    pub scale_axis: ScaleAxis,
 }
 
 /// A weight's LUT settings and grouping axis.
@@ -88,6 +100,9 @@ pub fn settings(e: &PalettizeEntry) -> Result<Settings, String> {
     if group_size == 0 {
         return Err("group size must be positive".into());
     }
+    if e.per_channel_scale == Some(true) && mode != Mode::Kmeans {
+        return Err("per-channel scale needs kmeans mode".into());
+    }
     Ok(Settings {
         mode,
         nbits,
@@ -97,6 +112,9 @@ pub fn settings(e: &PalettizeEntry) -> Result<Settings, String> {
         weight_threshold: e.weight_threshold.unwrap_or(2048),
         group_size_fallback: e.group_size_fallback.unwrap_or(GroupSizeFallback::Divisor),
         requested_group_size: None,
+        lut_dtype: e.lut_dtype,
+        per_channel_scale: e.per_channel_scale.unwrap_or(false),
+        scale_axis: e.scale_axis.unwrap_or(ScaleAxis::Input),
     })
 }
 
@@ -165,7 +183,11 @@ pub fn lut_decision(
 
 /// Why a LUT plan needs the iOS18 opset, if it does.
 pub fn lut_ios18_reason(p: &LutPlan) -> Option<&'static str> {
-    (p.settings.granularity == Granularity::PerGroupedChannel || p.settings.nbits == Some(3))
+    let s = &p.settings;
+    if s.lut_dtype.is_some() || s.per_channel_scale {
+        return Some("quantized LUT entries and per-channel scales");
+    }
+    (s.granularity == Granularity::PerGroupedChannel || s.nbits == Some(3))
         .then_some("per-grouped-channel and 3-bit palettization")
 }
 
@@ -174,6 +196,31 @@ pub const JOINT_NEEDS_IOS18: &str = "joint sparse + palettized weights";
 
 /// Report fields of a LUT.
 pub fn lut_detail(p: &LutPlan, l: &Lut) -> serde_json::Map<String, serde_json::Value> {
+    if p.settings.per_channel_scale {
+        // Clustered groups as asked; the stored LUTs are one per scale.
+        let gs = p.settings.group_size;
+        let groups = match (p.settings.granularity, &l.grid) {
+            (Granularity::PerTensor, _) => 1,
+            (Granularity::PerGroupedChannel, Some(g)) => g[l.axis],
+            (Granularity::PerGroupedChannel, None) => l.groups / gs,
+        };
+        let serde_json::Value::Object(m) = serde_json::json!({
+            "mode": p.settings.mode,
+            "nbits": l.nbits,
+            "granularity": p.settings.granularity,
+            "channel_axis": l.axis,
+            "group_size": (p.settings.granularity == Granularity::PerGroupedChannel).then_some(gs),
+            "group_size_requested": p.settings.requested_group_size,
+            "groups": groups,
+            "lut_dtype": p.settings.lut_dtype,
+            "per_channel_scale": true,
+            "scale_axis": p.settings.scale_axis,
+            "stored_luts": l.groups,
+        }) else {
+            unreachable!("an object literal")
+        };
+        return m;
+    }
     let serde_json::Value::Object(m) = serde_json::json!({
         "mode": p.settings.mode,
         "nbits": l.nbits,
@@ -186,6 +233,8 @@ pub fn lut_detail(p: &LutPlan, l: &Lut) -> serde_json::Map<String, serde_json::V
         },
         "group_size_requested": p.settings.requested_group_size,
         "groups": l.groups,
+        "lut_dtype": p.settings.lut_dtype,
+        "per_channel_scale": p.settings.per_channel_scale,
     }) else {
         unreachable!("an object literal")
     };
@@ -303,37 +352,85 @@ pub fn palettize_weight(
 ) -> Result<(Lut, GroupError2), String> {
     match &t.data {
         Data::F16(x) => {
-            let (lut, indices, nbits, groups, gs, e) =
-                palettize_values::<f16>(x, &t.shape, keep, p)?;
-            Ok((
-                lut_of(Data::F16(lut), indices, nbits, groups, gs, p.axis),
-                e,
-            ))
+            let r = palettize_values::<f16>(x, &t.shape, keep, p)?;
+            Ok(r.into_lut(Data::F16, t.dtype, p))
         }
         Data::F32(x) => {
-            let (lut, indices, nbits, groups, gs, e) =
-                palettize_values::<f32>(x, &t.shape, keep, p)?;
-            Ok((
-                lut_of(Data::F32(lut), indices, nbits, groups, gs, p.axis),
-                e,
-            ))
+            let r = palettize_values::<f32>(x, &t.shape, keep, p)?;
+            Ok(r.into_lut(Data::F32, t.dtype, p))
         }
         _ => Err(format!("dtype {} is not fp16/fp32", t.dtype)),
     }
 }
 
-fn lut_of(lut: Data, indices: Vec<u8>, nbits: u32, groups: usize, gs: usize, axis: usize) -> Lut {
-    Lut {
-        nbits,
-        groups,
-        axis,
-        group_size: gs,
-        indices,
-        lut,
-    }
+/// A palettized tensor before it becomes a [`Lut`].
+struct Palettized<T> {
+    /// Decoded entries of every stored LUT.
+    lut: Vec<T>,
+    indices: Vec<u8>,
+    nbits: u32,
+    /// Stored LUTs along the axis, and channels per stored LUT.
+    groups: usize,
+    group_size: usize,
+    error: GroupError2,
+    /// How the entries are stored when not as they are.
+    stored: Option<StoredParts<T>>,
+    /// LUT block grid when LUTs vary along other axes too.
+    grid: Option<Vec<usize>>,
 }
 
-type Palettized<T> = (Vec<T>, Vec<u8>, u32, usize, usize, GroupError2);
+/// Entries stored through a `constexpr_blockwise_shift_scale`: per stored
+/// LUT a scale and zero point, and its entries as codes or as values.
+struct StoredParts<T> {
+    codes: Option<Vec<i32>>,
+    values: Vec<T>,
+    scales: Vec<T>,
+    zero_points: Vec<i32>,
+    /// Grid of `scales` when coarser than the LUTs'.
+    scale_grid: Option<Vec<usize>>,
+}
+
+impl<T: Element> Palettized<T> {
+    fn into_lut(self, wrap: fn(Vec<T>) -> Data, dtype: DType, p: &LutPlan) -> (Lut, GroupError2) {
+        let stored = self.stored.map(|st| {
+            let any_offset = st.zero_points.iter().any(|&z| z != 0);
+            let zps = &st.zero_points;
+            let (dtype, data, offset) = match (st.codes, p.settings.lut_dtype) {
+                (None, _) => (dtype, wrap(st.values), None),
+                (Some(c), Some(LutDType::Int8)) => (
+                    DType::Int8,
+                    Data::I8(c.iter().map(|&c| c as i8).collect()),
+                    any_offset.then(|| Data::I8(zps.iter().map(|&z| z as i8).collect())),
+                ),
+                (Some(c), _) => (
+                    DType::Uint8,
+                    Data::U8(c.iter().map(|&c| c as u8).collect()),
+                    any_offset.then(|| Data::U8(zps.iter().map(|&z| z as u8).collect())),
+                ),
+            };
+            LutStored {
+                dtype,
+                data,
+                scale: wrap(st.scales),
+                offset,
+                scale_grid: st.scale_grid,
+            }
+        });
+        (
+            Lut {
+                nbits: self.nbits,
+                groups: self.groups,
+                axis: p.axis,
+                group_size: self.group_size,
+                indices: self.indices,
+                lut: wrap(self.lut),
+                stored,
+                grid: self.grid,
+            },
+            self.error,
+        )
+    }
+}
 
 fn palettize_values<T: Element>(
     x: &[T],
@@ -388,10 +485,27 @@ fn palettize_values<T: Element>(
                 .ok_or(format!("{m} unique values need more than 8 bits"))?
         }
     };
+    let lut_spec = s.lut_dtype.map(|d| Spec {
+        qtype: match d {
+            LutDType::Int8 => QType::Int8,
+            LutDType::Uint8 => QType::Uint8,
+        },
+        symmetric: true,
+    });
+    if s.per_channel_scale && s.scale_axis == ScaleAxis::Input {
+        return scaled_values_input(x, shape, p.axis, keep, gs, nbits, lut_spec);
+    }
+    if s.per_channel_scale {
+        return scaled_values(x, (outer, chans, inner), keep, gs, nbits, lut_spec);
+    }
     let res: Vec<_> = (0..groups)
         .into_par_iter()
         .map_init(T::Scratch::default, |sc, g| {
-            T::palettize(&values(g), nbits, s.mode, sc)
+            let v = values(g);
+            T::palettize(&v, nbits, s.mode, sc).map(|mut gr| {
+                let codes = lut_spec.map(|spec| quantize_lut(&v, &mut gr, spec));
+                (gr, codes)
+            })
         })
         .collect();
     // Indices land at dense positions first; a sparse weight then keeps
@@ -399,8 +513,12 @@ fn palettize_values<T: Element>(
     let mut dense = vec![0u8; x.len()];
     let mut lut = Vec::with_capacity(groups << nbits);
     let mut acc = GroupError2::default();
+    let mut all_codes = lut_spec.map(|_| Vec::with_capacity(groups));
     for (g, r) in res.into_iter().enumerate() {
-        let gr = r.map_err(group_err)?;
+        let (gr, codes) = r.map_err(group_err)?;
+        if let (Some(all), Some(c)) = (&mut all_codes, codes) {
+            all.push(c);
+        }
         acc.add(&gr.error);
         if contiguous {
             dense[g * gs * inner..(g + 1) * gs * inner].copy_from_slice(&gr.indices);
@@ -420,7 +538,236 @@ fn palettize_values<T: Element>(
             .map(|(v, _)| v)
             .collect(),
     };
-    Ok((lut, indices, nbits, groups, gs, acc))
+    let stored = all_codes.map(|codes| StoredParts {
+        codes: Some(codes.iter().flat_map(|c| c.codes.iter().copied()).collect()),
+        values: Vec::new(),
+        scales: codes.iter().map(|c| T::from_f32(c.params.scale)).collect(),
+        zero_points: codes.iter().map(|c| c.params.zero_point).collect(),
+        scale_grid: None,
+    });
+    Ok(Palettized {
+        lut,
+        indices,
+        nbits,
+        groups,
+        group_size: gs,
+        error: acc,
+        stored,
+        grid: None,
+    })
+}
+
+/// Per-channel-scale palettization (see [`palettize_scaled`]): groups of
+/// `gs` channels share a normalised LUT, each channel has its own scale.
+/// Below iOS26 the scale must sit on the LUT side, and a
+/// `constexpr_lut_to_dense` LUT can only vary per block of the indices, so
+/// the stored form has one LUT per channel: the group's LUT (or its codes)
+/// repeated for each of its channels, scaled by the channel's scale.
+fn scaled_values<T: Element>(
+    x: &[T],
+    (outer, chans, inner): (usize, usize, usize),
+    keep: Option<&[bool]>,
+    gs: usize,
+    nbits: u32,
+    lut_spec: Option<Spec>,
+) -> Result<Palettized<T>, String> {
+    let chan_positions = |o: usize| -> Vec<usize> {
+        let mut v = Vec::with_capacity(outer * inner);
+        for oi in 0..outer {
+            let start = (oi * chans + o) * inner;
+            match keep {
+                None => v.extend(start..start + inner),
+                Some(k) => v.extend((start..start + inner).filter(|&i| k[i])),
+            }
+        }
+        v
+    };
+    let res: Vec<_> = (0..chans / gs)
+        .into_par_iter()
+        .map(|g| {
+            let rows: Vec<Vec<T>> = (g * gs..(g + 1) * gs)
+                .map(|o| chan_positions(o).into_iter().map(|i| x[i]).collect())
+                .collect();
+            palettize_scaled(&rows, None, nbits, lut_spec)
+        })
+        .collect();
+    let k = 1usize << nbits;
+    let mut dense = vec![0u8; x.len()];
+    let mut lut = Vec::with_capacity(chans * k);
+    let mut acc = GroupError2::default();
+    let mut st = StoredParts {
+        codes: lut_spec.map(|_| Vec::with_capacity(chans * k)),
+        values: Vec::new(),
+        scales: Vec::with_capacity(chans),
+        zero_points: Vec::with_capacity(chans),
+        scale_grid: None,
+    };
+    for (g, r) in res.into_iter().enumerate() {
+        let sg = r.map_err(group_err)?;
+        acc.add(&sg.error);
+        for (j, o) in (g * gs..(g + 1) * gs).enumerate() {
+            for (p, &v) in chan_positions(o).into_iter().zip(&sg.indices[j]) {
+                dense[p] = v;
+            }
+            lut.extend_from_slice(&sg.levels[j]);
+            match (&mut st.codes, &sg.codes) {
+                (Some(all), Some(c)) => {
+                    all.extend_from_slice(&c.codes);
+                    st.zero_points.push(c.params.zero_point);
+                }
+                _ => {
+                    st.values.extend_from_slice(&sg.lut);
+                    st.zero_points.push(0);
+                }
+            }
+            st.scales.push(sg.row_scale[j]);
+        }
+    }
+    let indices = match keep {
+        None => dense,
+        Some(k) => dense
+            .into_iter()
+            .zip(k)
+            .filter(|(_, &k)| k)
+            .map(|(v, _)| v)
+            .collect(),
+    };
+    Ok(Palettized {
+        lut,
+        indices,
+        nbits,
+        groups: chans,
+        group_size: 1,
+        error: acc,
+        stored: Some(st),
+        grid: None,
+    })
+}
+
+/// Per-channel scales in coremltools' layout: one scale per position off
+/// the channel axis (`s = max |w|` over the channels, `[1, Cin, kh, kw]`
+/// for a conv weight). A LUT group of `gs` channels then needs one stored
+/// LUT per position, the grid `[groups, Cin, kh, kw]`: the group's LUT
+/// repeated and scaled per position. Each group is clustered with the
+/// positions' scales as weights ([`palettize_scaled`]).
+fn scaled_values_input<T: Element>(
+    x: &[T],
+    shape: &[usize],
+    axis: usize,
+    keep: Option<&[bool]>,
+    gs: usize,
+    nbits: u32,
+    lut_spec: Option<Spec>,
+) -> Result<Palettized<T>, String> {
+    let (outer, chans, inner) = split_axis(shape, axis);
+    let groups = chans / gs;
+    let npos = outer * inner;
+    let kept = |i: usize| keep.is_none_or(|k| k[i]);
+    // Element index of (position q, channel c).
+    let at = |q: usize, c: usize| ((q / inner) * chans + c) * inner + q % inner;
+    let scales: Vec<T> = (0..npos)
+        .into_par_iter()
+        .map(|q| {
+            let vals: Vec<T> = (0..chans)
+                .map(|c| at(q, c))
+                .filter(|&i| kept(i))
+                .map(|i| x[i])
+                .collect();
+            row_scale(&vals)
+        })
+        .collect();
+    let res: Vec<_> = (0..groups)
+        .into_par_iter()
+        .map(|g| {
+            let rows: Vec<Vec<T>> = (0..npos)
+                .map(|q| {
+                    (g * gs..(g + 1) * gs)
+                        .map(|c| at(q, c))
+                        .filter(|&i| kept(i))
+                        .map(|i| x[i])
+                        .collect()
+                })
+                .collect();
+            palettize_scaled(&rows, Some(&scales), nbits, lut_spec)
+        })
+        .collect();
+    let res: Vec<ScaledGroup<T>> = res
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .map_err(group_err)?;
+    let mut dense = vec![0u8; x.len()];
+    let mut acc = GroupError2::default();
+    for (g, sg) in res.iter().enumerate() {
+        acc.add(&sg.error);
+        for (q, idx) in sg.indices.iter().enumerate() {
+            let pos = (g * gs..(g + 1) * gs)
+                .map(|c| at(q, c))
+                .filter(|&i| kept(i));
+            for (p, &v) in pos.zip(idx) {
+                dense[p] = v;
+            }
+        }
+    }
+    // Stored LUTs in row-major order of the grid: (outer, group, inner).
+    let k = 1usize << nbits;
+    let nblocks = outer * groups * inner;
+    let mut lut = Vec::with_capacity(nblocks * k);
+    let mut st = StoredParts {
+        codes: lut_spec.map(|_| Vec::with_capacity(nblocks * k)),
+        values: Vec::new(),
+        scales: Vec::with_capacity(nblocks),
+        zero_points: Vec::with_capacity(nblocks),
+        scale_grid: None,
+    };
+    for oi in 0..outer {
+        for sg in &res {
+            for ii in 0..inner {
+                let q = oi * inner + ii;
+                lut.extend_from_slice(&sg.levels[q]);
+                match (&mut st.codes, &sg.codes) {
+                    (Some(all), Some(c)) => {
+                        all.extend_from_slice(&c.codes);
+                        st.zero_points.push(c.params.zero_point);
+                    }
+                    _ => {
+                        st.values.extend_from_slice(&sg.lut);
+                        st.zero_points.push(0);
+                    }
+                }
+                st.scales.push(sg.row_scale[q]);
+            }
+        }
+    }
+    let indices = match keep {
+        None => dense,
+        Some(k) => dense
+            .into_iter()
+            .zip(k)
+            .filter(|(_, &k)| k)
+            .map(|(v, _)| v)
+            .collect(),
+    };
+    let mut grid = shape.to_vec();
+    grid[axis] = groups;
+    if st.codes.is_none() {
+        // Entries stored as values: the scale is the position's alone, one
+        // per position shared by every group (as coremltools stores it).
+        st.scales = scales;
+        st.zero_points.truncate(npos);
+        let mut g = shape.to_vec();
+        g[axis] = 1;
+        st.scale_grid = Some(g);
+    }
+    Ok(Palettized {
+        lut,
+        indices,
+        nbits,
+        groups: nblocks,
+        group_size: gs,
+        error: acc,
+        stored: Some(st),
+        grid: Some(grid),
+    })
 }
 
 fn group_err(e: GroupError) -> String {

@@ -360,6 +360,16 @@ impl Builder<'_, '_, '_> {
         self.names.fresh(self.function, base)
     }
 
+    /// A fresh name for the op that decodes a scaled LUT (empty when the
+    /// LUT is stored as it is, so no name is taken).
+    fn scale_op_name(&mut self, lut_op: &str, l: &Lut) -> String {
+        if l.stored.is_some() {
+            self.fresh(&format!("{lut_op}_lut"))
+        } else {
+            String::new()
+        }
+    }
+
     /// The ops for `c`: `constexpr_lut_to_dense` (dense LUT),
     /// `constexpr_sparse_to_dense` (sparse values), or the joint
     /// `constexpr_lut_to_sparse` → `constexpr_sparse_to_dense`. The op that
@@ -408,6 +418,7 @@ impl Builder<'_, '_, '_> {
             let out1 = self.fresh(&format!("{sq_op}_1"));
             let names = JointNames {
                 lut_op: &sq_op,
+                scale_op: "",
                 lut_outputs: [&out0, &out1],
                 sparse_op: &sparse,
                 output: &w.value_name,
@@ -436,14 +447,16 @@ impl Builder<'_, '_, '_> {
         match (&c.keep, &c.values, &c.lut) {
             (None, _, Some(l)) => {
                 let name = self.fresh(&format!("{}_palettized", w.const_name));
-                Ok(vec![emit::lut_to_dense(
+                let scale_op = self.scale_op_name(&name, l);
+                emit::lut_to_dense(
                     &mut self.em,
                     &name,
+                    &scale_op,
                     &w.value_name,
                     w.dtype,
                     &w.shape,
                     l,
-                )?])
+                )
             }
             (Some(_), Some(v), None) => {
                 let name = sparse_name(self);
@@ -469,16 +482,15 @@ impl Builder<'_, '_, '_> {
                 let lut_op = self.fresh(&format!("{sparse}_nonzero_data_palettized"));
                 let out0 = self.fresh(&format!("{lut_op}_0"));
                 let out1 = self.fresh(&format!("{lut_op}_1"));
+                let scale_op = self.scale_op_name(&lut_op, l);
                 let names = JointNames {
                     lut_op: &lut_op,
+                    scale_op: &scale_op,
                     lut_outputs: [&out0, &out1],
                     sparse_op: &sparse,
                     output: &w.value_name,
                 };
-                Ok(
-                    emit::lut_to_sparse(&mut self.em, &names, w.dtype, &w.shape, &mask(), l)?
-                        .into(),
-                )
+                emit::lut_to_sparse(&mut self.em, &names, w.dtype, &w.shape, &mask(), l)
             }
             _ => unreachable!("a pass's compute returns one of the three forms"),
         }
@@ -498,7 +510,19 @@ fn storage_detail(w: &Weight, c: &Compressed) -> serde_json::Map<String, serde_j
     let (value_bits, lut_bits) = match (&c.lut, &c.quant) {
         (Some(l), _) => (
             kept as u64 * u64::from(l.nbits),
-            ((l.groups as u64) << l.nbits) * dtype_bits,
+            match &l.stored {
+                None => ((l.groups as u64) << l.nbits) * dtype_bits,
+                // Stored entries, plus a scale (and offset) per LUT.
+                Some(st) => {
+                    let g = l.groups as u64;
+                    let scales = st.scale.len() as u64;
+                    (g << l.nbits) * u64::from(st.dtype.bits())
+                        + scales * dtype_bits
+                        + st.offset
+                            .as_ref()
+                            .map_or(0, |o| o.len() as u64 * u64::from(st.dtype.bits()))
+                }
+            },
         ),
         (None, Some(q)) => (kept as u64 * u64::from(q.qdtype.bits()), 0),
         (None, None) => (kept as u64 * dtype_bits, 0),
@@ -661,6 +685,8 @@ mod tests {
                 group_size: 1,
                 indices: vec![0; n - pruned],
                 lut: Data::F16(vec![f16::ZERO; groups << nbits]),
+                stored: None,
+                grid: None,
             }),
             quant: None,
             metrics: Metrics::default(),

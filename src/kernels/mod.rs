@@ -6,3 +6,4 @@ pub mod kmeans;
 pub mod palettize;
 pub mod prune;
 pub mod quantize;
+pub mod vkmeans;

@@ -10,6 +10,7 @@
 //! lower the error.
 
 use super::kmeans::{kmeans_1d, Histogram};
+use super::quantize::{dequantize, params, quantize, Params, Spec, Store};
 use half::f16;
 
 /// How LUT entries are chosen.
@@ -263,6 +264,14 @@ pub trait Element: Copy + Send + Sync + 'static {
     /// The bit pattern (distinct patterns are distinct LUT entries in
     /// `unique` mode).
     fn pattern(self) -> u32;
+    /// The storage dtype, for values decoded from integer codes.
+    const STORE: Store;
+    /// Exact widening.
+    fn to_f64(self) -> f64;
+    /// `x`, already a value of this type (exact).
+    fn from_f32(x: f32) -> Self;
+    /// `x` rounded to this type (nearest, ties to even).
+    fn from_f64(x: f64) -> Self;
 }
 
 impl Element for f16 {
@@ -279,6 +288,16 @@ impl Element for f16 {
     fn pattern(self) -> u32 {
         u32::from(self.to_bits())
     }
+    const STORE: Store = Store::F16;
+    fn to_f64(self) -> f64 {
+        f16::to_f64(self)
+    }
+    fn from_f32(x: f32) -> Self {
+        f16::from_f32(x)
+    }
+    fn from_f64(x: f64) -> Self {
+        f16::from_f64(x)
+    }
 }
 
 impl Element for f32 {
@@ -294,6 +313,263 @@ impl Element for f32 {
     }
     fn pattern(self) -> u32 {
         self.to_bits()
+    }
+    const STORE: Store = Store::F32;
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+    fn from_f32(x: f32) -> Self {
+        x
+    }
+    fn from_f64(x: f64) -> Self {
+        x as f32
+    }
+}
+
+/// Index of the nearest of `levels` (any order) for each value, and the
+/// error sums. Equal levels resolve to the lowest index, ties between two
+/// levels to the lower level, so the result is deterministic.
+pub fn assign_nearest<T: Element>(values: &[T], levels: &[f64]) -> (Vec<u8>, GroupError2) {
+    let mut order: Vec<(f64, usize)> = levels.iter().copied().zip(0..).collect();
+    order.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    order.dedup_by(|b, a| a.0 == b.0);
+    let sorted: Vec<f64> = order.iter().map(|p| p.0).collect();
+    let mut error = GroupError2::default();
+    let indices = values
+        .iter()
+        .map(|&v| {
+            let x = v.to_f64();
+            let i = nearest(&sorted, x);
+            let d = x - sorted[i];
+            error.signal += x * x;
+            error.sse += d * d;
+            error.max_abs = error.max_abs.max(d.abs());
+            order[i].1 as u8
+        })
+        .collect();
+    (indices, error)
+}
+
+/// A group's LUT stored as integer codes: entry `k` decodes to
+/// `scale · (codes[k] − zero_point)` rounded to the weight's dtype.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LutCodes {
+    /// One code per LUT entry.
+    pub codes: Vec<i32>,
+    /// The LUT's scale and zero point.
+    pub params: Params,
+}
+
+/// Re-fits group `g` of `values` to a LUT of integer codes with one scale
+/// (`spec`'s code type and mode, scale from the LUT's own range, as a
+/// linear quantization of the LUT would choose it).
+///
+/// Rounding the entries to the code grid moves them, so the values are
+/// re-assigned to the nearest *decoded* entry, and then, for the fixed
+/// grid, alternately each entry moves to the grid level nearest its
+/// cluster's mean (the best level for that cluster) and the values are
+/// re-assigned, while the error falls. Each step can only lower the error,
+/// so the result is never worse than quantizing the entries and keeping
+/// the indices (coremltools' joint palettize + quantize).
+pub fn quantize_lut<T: Element>(values: &[T], g: &mut Group<T>, spec: Spec) -> LutCodes {
+    let store = T::STORE;
+    let (lo, hi) = spec.qtype.range(spec.symmetric);
+    let lutf: Vec<f32> = g.lut.iter().map(|&x| x.to_f64() as f32).collect();
+    let (mn, mx) = lutf
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        });
+    let p = params(mn, mx, spec, store);
+    let mut codes: Vec<i32> = lutf
+        .iter()
+        .map(|&x| quantize(x, p, lo, hi, store))
+        .collect();
+    let levels = |codes: &[i32]| -> Vec<f64> {
+        codes
+            .iter()
+            .map(|&q| f64::from(dequantize(q, p, store)))
+            .collect()
+    };
+    let (mut indices, mut error) = assign_nearest(values, &levels(&codes));
+    for _ in 0..16 {
+        let mut sum = vec![0f64; codes.len()];
+        let mut count = vec![0f64; codes.len()];
+        for (&v, &i) in values.iter().zip(&indices) {
+            sum[i as usize] += v.to_f64();
+            count[i as usize] += 1.0;
+        }
+        let next: Vec<i32> = codes
+            .iter()
+            .enumerate()
+            .map(|(k, &c)| {
+                if count[k] > 0.0 {
+                    quantize((sum[k] / count[k]) as f32, p, lo, hi, store)
+                } else {
+                    c
+                }
+            })
+            .collect();
+        if next == codes {
+            break;
+        }
+        let (ni, ne) = assign_nearest(values, &levels(&next));
+        if ne.sse >= error.sse {
+            break;
+        }
+        codes = next;
+        indices = ni;
+        error = ne;
+    }
+    g.lut = codes
+        .iter()
+        .map(|&q| T::from_f32(dequantize(q, p, store)))
+        .collect();
+    g.indices = indices;
+    g.error = error;
+    LutCodes { codes, params: p }
+}
+
+/// A group of channels palettized with a scale per channel: one shared
+/// LUT `L` over the normalised values, channel `o` decoding to
+/// `round(r_o · d_j)` where `d` is `L` (or its codes minus the zero point)
+/// and `r_o` the channel's stored scale.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScaledGroup<T> {
+    /// The shared normalised LUT (`2^nbits` entries; its decoded values
+    /// when stored as codes).
+    pub lut: Vec<T>,
+    /// The shared LUT as codes (`--lut-dtype`).
+    pub codes: Option<LutCodes>,
+    /// Per channel: the stored scale `r_o`.
+    pub row_scale: Vec<T>,
+    /// Per channel: its decoded LUT (`2^nbits` entries).
+    pub levels: Vec<Vec<T>>,
+    /// Per channel: one index per value.
+    pub indices: Vec<Vec<u8>>,
+    /// Error of the decoded reconstruction.
+    pub error: GroupError2,
+}
+
+/// Palettizes the channels `rows` of one group with a per-channel scale.
+///
+/// Each channel's scale is `S_o = max |w|` over the channel (1 for an
+/// all-zero channel), stored in the weight's dtype; the normalised values
+/// `u = w / S_o` (rounded to the dtype) are clustered with weights `S_o²`,
+/// which is the exact k-means objective in the weight's own units:
+/// `(w − S_o·c)² = S_o²·(u − c)²`. An unweighted clustering of `u` (what
+/// coremltools does) spends entries on channels whose errors are scaled
+/// down. Every value then takes the nearest of its channel's *decoded*
+/// entries, so the error is that of the stored model.
+///
+/// `scales` gives each row's scale when it is not its own max |w| (a scale
+/// shared with rows of other groups).
+pub fn palettize_scaled<T: Element>(
+    rows: &[Vec<T>],
+    scales: Option<&[T]>,
+    nbits: u32,
+    lut_spec: Option<Spec>,
+) -> Result<ScaledGroup<T>, GroupError> {
+    let k = 1usize << nbits;
+    if rows.iter().flatten().any(|v| !v.to_f64().is_finite()) {
+        return Err(GroupError::NonFinite);
+    }
+    let scales: Vec<T> = match scales {
+        Some(s) => s.to_vec(),
+        None => rows.iter().map(|r| row_scale(r)).collect(),
+    };
+    let mut pairs: Vec<(f64, f64)> = Vec::with_capacity(rows.iter().map(Vec::len).sum());
+    for (r, s) in rows.iter().zip(&scales) {
+        let s = s.to_f64();
+        for v in r {
+            let u = T::from_f64(v.to_f64() / s).to_f64();
+            pairs.push((if u == 0.0 { 0.0 } else { u }, s * s));
+        }
+    }
+    pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut hist = Histogram::default();
+    for (u, w) in pairs {
+        match hist.values.last() {
+            Some(&l) if l == u => *hist.counts.last_mut().expect("non-empty") += w,
+            _ => {
+                hist.values.push(u);
+                hist.counts.push(w);
+            }
+        }
+    }
+    let mut lut: Vec<T> = kmeans_1d(&hist, k)
+        .centroids
+        .iter()
+        .map(|&c| T::from_f64(c))
+        .collect();
+    lut.resize(k, T::ZERO);
+    let store = T::STORE;
+    // The stored entries d_j and each channel's stored scale r_o.
+    let (data, codes, row_scale): (Vec<f64>, Option<LutCodes>, Vec<T>) = match lut_spec {
+        None => (
+            lut.iter().map(|x| x.to_f64()).collect(),
+            None,
+            scales.clone(),
+        ),
+        Some(spec) => {
+            let (lo, hi) = spec.qtype.range(spec.symmetric);
+            let lf: Vec<f32> = lut.iter().map(|x| x.to_f64() as f32).collect();
+            let (mn, mx) = lf
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| {
+                    (a.min(x), b.max(x))
+                });
+            let p = params(mn, mx, spec, store);
+            let q: Vec<i32> = lf.iter().map(|&x| quantize(x, p, lo, hi, store)).collect();
+            lut = q
+                .iter()
+                .map(|&c| T::from_f32(dequantize(c, p, store)))
+                .collect();
+            let rs = scales
+                .iter()
+                .map(|s| T::from_f64(s.to_f64() * f64::from(p.scale)))
+                .collect();
+            (
+                q.iter().map(|&c| f64::from(c - p.zero_point)).collect(),
+                Some(LutCodes {
+                    codes: q,
+                    params: p,
+                }),
+                rs,
+            )
+        }
+    };
+    let mut error = GroupError2::default();
+    let mut levels = Vec::with_capacity(rows.len());
+    let mut indices = Vec::with_capacity(rows.len());
+    for (r, s) in rows.iter().zip(&row_scale) {
+        // Core ML multiplies in the dtype: one rounding of the exact product.
+        let lv: Vec<T> = data.iter().map(|&d| T::from_f64(s.to_f64() * d)).collect();
+        let lf: Vec<f64> = lv.iter().map(|x| x.to_f64()).collect();
+        let (idx, e) = assign_nearest(r, &lf);
+        error.add(&e);
+        levels.push(lv);
+        indices.push(idx);
+    }
+    Ok(ScaledGroup {
+        lut,
+        codes,
+        row_scale,
+        levels,
+        indices,
+        error,
+    })
+}
+
+/// The scale of values `r`: max |w| in the weight's dtype, 1 when all are
+/// zero (so that nothing is divided by 0).
+pub fn row_scale<T: Element>(r: &[T]) -> T {
+    let m = r.iter().fold(0f64, |m, v| m.max(v.to_f64().abs()));
+    let s = T::from_f64(m);
+    if s.to_f64() > 0.0 {
+        s
+    } else {
+        T::from_f64(1.0)
     }
 }
 
@@ -364,6 +640,41 @@ mod tests {
             let g = palettize_f16(&vals, 3, Mode::Unique, &mut Scratch16::default()).unwrap();
             for (v, &i) in vals.iter().zip(&g.indices) {
                 prop_assert_eq!(g.lut[i as usize], *v);
+            }
+        }
+    }
+
+    proptest! {
+        /// A LUT of int8/uint8 codes is never worse than quantizing the
+        /// entries and keeping the indices, every entry is a decoded code,
+        /// and the error sums are the decoded ones.
+        #[test]
+        fn quantized_lut_never_worse_than_rounding_entries(
+            raw in prop::collection::vec(-3000i16..3000, 20..2000),
+            nbits in prop::sample::select(vec![1u32, 2, 4, 6]),
+            signed in any::<bool>(),
+        ) {
+            use crate::kernels::quantize::QType;
+            let vals: Vec<f16> = raw.iter().map(|&r| f16::from_f32(f32::from(r) / 700.0)).collect();
+            let mut g = palettize_f16(&vals, nbits, Mode::Kmeans, &mut Scratch16::default()).unwrap();
+            let before = g.clone();
+            let spec = Spec { qtype: if signed { QType::Int8 } else { QType::Uint8 }, symmetric: true };
+            let c = quantize_lut(&vals, &mut g, spec);
+            let (lo, hi) = spec.qtype.range(true);
+            let naive: f64 = vals.iter().zip(&before.indices).map(|(v, &i)| {
+                let q = quantize(before.lut[i as usize].to_f32(), c.params, lo, hi, Store::F16);
+                (v.to_f64() - f64::from(dequantize(q, c.params, Store::F16))).powi(2)
+            }).sum();
+            prop_assert!(g.error.sse <= naive * (1.0 + 1e-12) + 1e-18, "{} > {}", g.error.sse, naive);
+            let mut sse = 0f64;
+            for (v, &i) in vals.iter().zip(&g.indices) {
+                let d = v.to_f64() - g.lut[i as usize].to_f64();
+                sse += d * d;
+            }
+            prop_assert!((sse - g.error.sse).abs() <= 1e-9 * (1.0 + sse));
+            for (e, &q) in g.lut.iter().zip(&c.codes) {
+                prop_assert!((lo..=hi).contains(&q));
+                prop_assert_eq!(e.to_f32(), dequantize(q, c.params, Store::F16));
             }
         }
     }

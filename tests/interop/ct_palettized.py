@@ -14,8 +14,9 @@ Then every weight (ctcommon's definition: float, >= 10 elements, output of a con
 op, read by an ordinary op) is decoded to a dense array by coremltools' own decompression: for a
 constexpr op, ``op.materialized_val_inference()``, which is exactly what
 ``coremltools.optimize.coreml.decompress_weights`` (its WeightDecompressor pass) calls for each
-constexpr op, without the seconds-long re-serialisation of the whole model. Chains of constexpr
-ops are not expected in palettized outputs and are reported as an error.
+constexpr op, without the seconds-long re-serialisation of the whole model. For a chain of
+constexpr ops (a scaled LUT feeding constexpr_lut_to_dense, say) that pass itself is applied to a
+second copy of the program in memory, and the weight is read from the const it leaves.
 
 With a base package, every weight of the base is paired with the package's weight through its
 slots ("<function>/<consumer op name>/<input name>/<index>", ctcommon.slot_key), and compared
@@ -79,8 +80,27 @@ def _lut_facts(op):
 class Dense:
     """Dense values of const / constexpr outputs, materialised once per op."""
 
-    def __init__(self):
+    def __init__(self, loaded=None):
         self.cache = {}
+        self.loaded = loaded
+        self.decompressed = None
+
+    def _chained(self, var):
+        """var's value from a copy of the program after coremltools' WeightDecompressor."""
+        if self.decompressed is None:
+            from coremltools.optimize.coreml._quantization_passes import WeightDecompressor
+
+            prog = c.load_program(self.loaded.spec, self.loaded.weights_dir)
+            WeightDecompressor(op_selector=lambda op: True).apply(prog)
+            consts = {}
+            for fname, func in prog.functions.items():
+                for op in c.iter_ops(func):
+                    if op.op_type == "const":
+                        consts[op.outputs[0].name] = op.outputs[0]
+            self.decompressed = consts
+        if var.name not in self.decompressed:
+            raise c.Die(f"{var.name}: not a const after coremltools' WeightDecompressor")
+        return np.asarray(self.decompressed[var.name].val)
 
     def value(self, var):
         op = var.op
@@ -92,8 +112,9 @@ class Dense:
                 vs = list(v) if isinstance(v, (list, tuple)) else [v]
                 for iv in vs:
                     if iv is not None and iv.op is not None and iv.op.op_type.startswith("constexpr_"):
-                        raise c.Die(f"{op.name}: chained constexpr ops are not handled here "
-                                    f"(input from {iv.op.op_type} {iv.op.name})")
+                        if self.loaded is None:
+                            raise c.Die(f"{op.name}: chained constexpr ops need the package")
+                        return self._chained(var)
             vals = op.materialized_val_inference()
             if not isinstance(vals, (list, tuple)):
                 vals = [vals]
@@ -145,7 +166,7 @@ def facts(package, base, base_cache):
         B = c.Loaded(base)
         base_cache[base] = (B, _weight_slots(B.prog), Dense())
     B, base_weights, base_dense = base_cache[base]
-    dense = Dense()
+    dense = Dense(L)
     by_slot = {}
     for (_f, _i), (var, slots) in _weight_slots(L.prog).items():
         for s in slots:
