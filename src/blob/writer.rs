@@ -1,16 +1,31 @@
 //! Streaming writer for blob storage files.
+//!
+//! The bytes go to the file from a background thread: the caller tracks
+//! offsets itself (they depend only on the sizes appended), hands finished
+//! chunks of about a megabyte over a bounded channel and goes back to
+//! computing the next weights while the kernel copies this chunk into the
+//! page cache. The file's content is the same as with direct writes.
 
 use super::format::{align64, BlobDtype, HEADER_LEN, RECORD_LEN, SENTINEL, STORAGE_VERSION};
 use super::BlobError;
 use std::fs::File;
-use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::thread::JoinHandle;
+
+/// Bytes collected before a chunk is handed to the writing thread.
+const CHUNK: usize = 1 << 20;
+/// Chunks in flight at most (bounds the memory the writer can hold).
+const IN_FLIGHT: usize = 16;
 
 /// Appends blobs to a new storage file; the header's count is written by
 /// [`BlobWriter::finish`].
 pub struct BlobWriter {
     path: PathBuf,
-    out: BufWriter<File>,
+    pending: Vec<u8>,
+    tx: Option<SyncSender<Vec<u8>>>,
+    thread: Option<JoinHandle<std::io::Result<File>>>,
     pos: u64,
     count: u32,
 }
@@ -18,13 +33,30 @@ pub struct BlobWriter {
 impl BlobWriter {
     /// Creates (truncates) `path` and writes a placeholder header.
     pub fn create(path: &Path) -> Result<Self, BlobError> {
-        let file = File::create(path).map_err(|source| BlobError::Io {
+        let mut file = File::create(path).map_err(|source| BlobError::Io {
             path: path.to_path_buf(),
             source,
         })?;
+        let (tx, rx) = sync_channel::<Vec<u8>>(IN_FLIGHT);
+        let thread = std::thread::Builder::new()
+            .name("blob-writer".into())
+            .spawn(move || {
+                // Stops at the first error; the sender sees the channel
+                // closed and `finish` reports the error.
+                for chunk in rx {
+                    file.write_all(&chunk)?;
+                }
+                Ok(file)
+            })
+            .map_err(|source| BlobError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let mut w = Self {
             path: path.to_path_buf(),
-            out: BufWriter::with_capacity(1 << 20, file),
+            pending: Vec::with_capacity(CHUNK),
+            tx: Some(tx),
+            thread: Some(thread),
             pos: 0,
             count: 0,
         };
@@ -40,9 +72,43 @@ impl BlobWriter {
     }
 
     fn write_all(&mut self, b: &[u8]) -> Result<(), BlobError> {
-        self.out.write_all(b).map_err(|e| self.io(e))?;
+        self.pending.extend_from_slice(b);
         self.pos += b.len() as u64;
+        if self.pending.len() >= CHUNK {
+            self.send()?;
+        }
         Ok(())
+    }
+
+    /// Hands the pending bytes to the writing thread.
+    fn send(&mut self) -> Result<(), BlobError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.pending, Vec::with_capacity(CHUNK));
+        let sent = self.tx.as_ref().map(|tx| tx.send(chunk).is_ok());
+        if sent == Some(true) {
+            return Ok(());
+        }
+        // The thread stopped: its own error says why.
+        Err(self
+            .join()
+            .err()
+            .unwrap_or_else(|| self.io(std::io::Error::other("blob writer thread stopped"))))
+    }
+
+    /// Closes the channel and waits for the thread; the file on success.
+    fn join(&mut self) -> Result<File, BlobError> {
+        self.tx = None;
+        let thread = self
+            .thread
+            .take()
+            .ok_or_else(|| self.io(std::io::Error::other("blob writer already finished")))?;
+        match thread.join() {
+            Ok(Ok(file)) => Ok(file),
+            Ok(Err(e)) => Err(self.io(e)),
+            Err(_) => Err(self.io(std::io::Error::other("blob writer thread panicked"))),
+        }
     }
 
     /// Appends one blob and returns the offset of its record (the value to
@@ -92,7 +158,8 @@ impl BlobWriter {
 
     /// Writes the final header, flushes and syncs; returns the file size.
     pub fn finish(mut self) -> Result<u64, BlobError> {
-        self.out.flush().map_err(|e| self.io(e))?;
+        self.send()?;
+        let mut file = self.join()?;
         let count = self.count;
         let pos = self.pos;
         let path = self.path.clone();
@@ -100,11 +167,22 @@ impl BlobWriter {
             path: path.clone(),
             source,
         };
-        let mut file = self.out.into_inner().map_err(|e| io(e.into_error()))?;
         file.seek(SeekFrom::Start(0)).map_err(io)?;
         file.write_all(&header(count)).map_err(io)?;
         file.sync_all().map_err(io)?;
         Ok(pos)
+    }
+}
+
+impl Drop for BlobWriter {
+    /// An unfinished writer (an error elsewhere) still waits for its
+    /// thread, so nothing writes into the staging directory after it is
+    /// gone.
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -148,5 +226,30 @@ mod tests {
         assert_eq!(r[2].padding_bits, 4);
         assert_eq!(f.payload(&r[2]), &[0x21, 0xf3, 0x09]);
         assert!(f.record(65).is_err());
+    }
+
+    /// A write error on the background thread reaches the caller, at a
+    /// later append or at `finish`, as an error naming the file.
+    #[test]
+    fn write_errors_are_reported() {
+        let full = Path::new("/dev/full");
+        if !full.exists() {
+            eprintln!("skipped: no /dev/full on this system");
+            return;
+        }
+        let mut w = BlobWriter::create(full).unwrap();
+        let payload = vec![7u8; 3 << 20];
+        let mut failed = None;
+        for _ in 0..64 {
+            if let Err(e) = w.append(BlobDtype::UInt8, &payload, 0) {
+                failed = Some(e);
+                break;
+            }
+        }
+        let e = match failed {
+            Some(e) => e,
+            None => w.finish().expect_err("writing to /dev/full must fail"),
+        };
+        assert!(e.to_string().contains("/dev/full"), "{e}");
     }
 }

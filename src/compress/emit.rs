@@ -123,6 +123,39 @@ impl Emitter<'_, '_> {
         Ok(blob_value(t.dtype, &t.shape, &self.file, off))
     }
 
+    /// Unpacked `nbits`-bit `indices` of `shape` as a `Value`. Blob-backed
+    /// indices (every real weight) are packed on all threads and appended
+    /// without the copy a `Tensor` would need; the bytes are those
+    /// [`Emitter::value`] writes.
+    fn indices_value(
+        &mut self,
+        nbits: u32,
+        shape: &[usize],
+        indices: &[u8],
+    ) -> Result<mil::Value, Error> {
+        let dtype = uint_dtype(nbits);
+        if !goes_to_blob(dtype, indices.len(), self.spec) {
+            return self.value(&Tensor {
+                dtype,
+                shape: shape.to_vec(),
+                data: Data::U8(indices.to_vec()),
+            });
+        }
+        let packed = bits::pack_par(indices, dtype.bits());
+        let pad = if dtype.is_sub_byte() {
+            bits::padding_bits(indices.len(), dtype.bits())
+        } else {
+            0
+        };
+        let off = self.sink.append(
+            &self.file,
+            dtype.blob_dtype().expect("blob dtype"),
+            &packed,
+            pad,
+        )?;
+        Ok(blob_value(dtype, shape, &self.file, off))
+    }
+
     fn immediate(&self, t: &Tensor) -> Result<mil::Value, Error> {
         immediate_value(t).map_err(|e| Error::mil(self.model_path, e))
     }
@@ -303,12 +336,8 @@ pub fn lut_to_dense(
     let mut inputs = BTreeMap::new();
     let mut ops = Vec::new();
     if em.ios18() {
-        let idx = Tensor {
-            dtype: uint_dtype(l.nbits),
-            shape: shape.to_vec(),
-            data: Data::U8(l.indices.clone()),
-        };
-        inputs.insert("indices".to_string(), inline_arg(em.value(&idx)?));
+        let idx = em.indices_value(l.nbits, shape, &l.indices)?;
+        inputs.insert("indices".to_string(), inline_arg(idx));
         let (arg, op) = l.lut_input(em, dtype, shape.len(), scale_op)?;
         inputs.insert("lut".to_string(), arg);
         ops.extend(op);
@@ -316,7 +345,7 @@ pub fn lut_to_dense(
         debug_assert!(l.stored.is_none(), "scaled LUTs are iOS18 only");
         // iOS16 form: packed indices as a flat uint8 vector, a rank-1 LUT
         // and the shape as uint32, all as attributes.
-        let packed = bits::pack(&l.indices, l.nbits);
+        let packed = bits::pack_par(&l.indices, l.nbits);
         let idx = Tensor {
             dtype: DType::Uint8,
             shape: vec![packed.len()],
@@ -415,17 +444,10 @@ pub fn lut_to_sparse(
         shape: shape.to_vec(),
         data: Data::U8(mask.to_vec()),
     };
-    let idx = Tensor {
-        dtype: uint_dtype(l.nbits),
-        shape: vec![kept],
-        data: Data::U8(l.indices.clone()),
-    };
     let mut inputs = BTreeMap::new();
     inputs.insert("indices_mask".to_string(), inline_arg(em.value(&m)?));
-    inputs.insert(
-        "indices_nonzero_data".to_string(),
-        inline_arg(em.value(&idx)?),
-    );
+    let idx = em.indices_value(l.nbits, &[kept], &l.indices)?;
+    inputs.insert("indices_nonzero_data".to_string(), inline_arg(idx));
     let (arg, scale_op) = l.lut_input(em, dtype, shape.len(), n.scale_op)?;
     inputs.insert("lut".to_string(), arg);
     let mut attributes = BTreeMap::new();

@@ -498,36 +498,71 @@ fn palettize_values<T: Element>(
     if s.per_channel_scale {
         return scaled_values(x, (outer, chans, inner), keep, gs, nbits, lut_spec);
     }
-    let res: Vec<_> = (0..groups)
-        .into_par_iter()
-        .map_init(T::Scratch::default, |sc, g| {
-            let v = values(g);
-            T::palettize(&v, nbits, s.mode, sc).map(|mut gr| {
-                let codes = lut_spec.map(|spec| quantize_lut(&v, &mut gr, spec));
-                (gr, codes)
-            })
-        })
-        .collect();
     // Indices land at dense positions first; a sparse weight then keeps
-    // those of its kept elements, in row-major order.
+    // those of its kept elements, in row-major order. A contiguous group
+    // writes straight into its run of the dense buffer.
     let mut dense = vec![0u8; x.len()];
+    // Quantized LUT entries: indices are re-assigned to the decoded
+    // entries after clustering, so each group's result is needed whole.
+    let mut all_codes = lut_spec.map(|_| Vec::with_capacity(groups));
+    let res: Vec<Result<(Vec<T>, GroupError2), GroupError>> = if let Some(spec) = lut_spec {
+        let res: Vec<_> = (0..groups)
+            .into_par_iter()
+            .map_init(T::Scratch::default, |sc, g| {
+                let v = values(g);
+                T::palettize(&v, nbits, s.mode, sc).map(|mut gr| {
+                    let codes = quantize_lut(&v, &mut gr, spec);
+                    (gr, codes)
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(groups);
+        for (g, r) in res.into_iter().enumerate() {
+            out.push(r.map(|(gr, codes)| {
+                all_codes.as_mut().expect("set with lut_spec").push(codes);
+                if contiguous {
+                    dense[g * gs * inner..(g + 1) * gs * inner].copy_from_slice(&gr.indices);
+                } else {
+                    for (p, v) in positions(g).into_iter().zip(gr.indices) {
+                        dense[p] = v;
+                    }
+                }
+                (gr.lut, gr.error)
+            }));
+        }
+        out
+    } else if contiguous {
+        dense
+            .par_chunks_mut((gs * inner).max(1))
+            .enumerate()
+            .map_init(T::Scratch::default, |sc, (g, out)| {
+                T::palettize_into(&values(g), nbits, s.mode, sc, out)
+            })
+            .collect()
+    } else {
+        let res: Vec<_> = (0..groups)
+            .into_par_iter()
+            .map_init(T::Scratch::default, |sc, g| {
+                T::palettize(&values(g), nbits, s.mode, sc)
+            })
+            .collect();
+        let mut out = Vec::with_capacity(groups);
+        for (g, r) in res.into_iter().enumerate() {
+            out.push(r.map(|gr| {
+                for (p, v) in positions(g).into_iter().zip(gr.indices) {
+                    dense[p] = v;
+                }
+                (gr.lut, gr.error)
+            }));
+        }
+        out
+    };
     let mut lut = Vec::with_capacity(groups << nbits);
     let mut acc = GroupError2::default();
-    let mut all_codes = lut_spec.map(|_| Vec::with_capacity(groups));
-    for (g, r) in res.into_iter().enumerate() {
-        let (gr, codes) = r.map_err(group_err)?;
-        if let (Some(all), Some(c)) = (&mut all_codes, codes) {
-            all.push(c);
-        }
-        acc.add(&gr.error);
-        if contiguous {
-            dense[g * gs * inner..(g + 1) * gs * inner].copy_from_slice(&gr.indices);
-        } else {
-            for (p, v) in positions(g).into_iter().zip(gr.indices) {
-                dense[p] = v;
-            }
-        }
-        lut.extend(gr.lut);
+    for r in res {
+        let (l, e) = r.map_err(group_err)?;
+        acc.add(&e);
+        lut.extend(l);
     }
     let indices = match keep {
         None => dense,

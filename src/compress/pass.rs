@@ -248,13 +248,18 @@ impl<'p, P: WeightPass> WeightRewriter<'p, P> {
                 break;
             }
             total += p.weight.numel();
-            batch.push((*i, p.weight.source, s.clone()));
+            batch.push((*i, p.weight.source, s.clone(), p.weight.numel()));
         }
+        // Largest first: a big weight started last would leave the other
+        // cores idle at the end of the batch. Results are keyed by op index,
+        // so the order of computation does not reach the output.
+        batch.sort_by_key(|&(i, _, _, numel)| (std::cmp::Reverse(numel), i));
         let blobs = &self.pkg.blobs;
         let pass = &self.pass;
         let out: Vec<(usize, Result<Compressed, String>)> = batch
             .into_par_iter()
-            .map(|(i, source, s)| {
+            .with_max_len(1)
+            .map(|(i, source, s, _)| {
                 let r = load(index, i, source, blobs).and_then(|d| pass.compute(d, &s));
                 (i, r)
             })

@@ -33,17 +33,47 @@ pub fn pack(values: &[u8], nbits: u32) -> Vec<u8> {
     debug_assert!((1..=8).contains(&nbits));
     let len = packed_len(values.len(), nbits).expect("packed length overflows usize");
     let mut out = vec![0u8; len];
+    pack_into(values, nbits, &mut out);
+    out
+}
+
+/// [`pack`] on all threads: runs of 2^20 elements (a multiple of 8, so
+/// every run starts on a byte boundary whatever `nbits`) are packed
+/// independently into their own bytes of the same stream.
+pub fn pack_par(values: &[u8], nbits: u32) -> Vec<u8> {
+    use rayon::prelude::*;
+    const RUN: usize = 1 << 20;
+    if values.len() <= RUN {
+        return pack(values, nbits);
+    }
+    let len = packed_len(values.len(), nbits).expect("packed length overflows usize");
+    let mut out = vec![0u8; len];
+    out.par_chunks_mut(RUN / 8 * nbits as usize)
+        .zip(values.par_chunks(RUN))
+        .for_each(|(o, v)| pack_into(v, nbits, o));
+    out
+}
+
+/// Packs `values` into `out`, which must be zeroed and exactly
+/// `packed_len(values.len(), nbits)` bytes long.
+fn pack_into(values: &[u8], nbits: u32, out: &mut [u8]) {
+    debug_assert_eq!(Some(out.len()), packed_len(values.len(), nbits));
     match nbits {
         8 => {
             out.copy_from_slice(values);
-            return out;
+            return;
         }
         // Byte-aligned widths: whole bytes at a time.
         4 => {
-            for (o, c) in out.iter_mut().zip(values.chunks(2)) {
-                *o = (c[0] & 0x0f) | (c.get(1).map_or(0, |v| v & 0x0f) << 4);
+            let pairs = values.chunks_exact(2);
+            let odd = pairs.remainder().first().copied();
+            for (o, c) in out.iter_mut().zip(pairs) {
+                *o = (c[0] & 0x0f) | (c[1] << 4);
             }
-            return out;
+            if let Some(v) = odd {
+                out[values.len() / 2] = v & 0x0f;
+            }
+            return;
         }
         2 | 1 => {
             let per = (8 / nbits) as usize;
@@ -54,7 +84,7 @@ pub fn pack(values: &[u8], nbits: u32) -> Vec<u8> {
                     .enumerate()
                     .fold(0u8, |a, (j, &v)| a | ((v & m) << (j * nbits as usize)));
             }
-            return out;
+            return;
         }
         _ => {}
     }
@@ -71,7 +101,6 @@ pub fn pack(values: &[u8], nbits: u32) -> Vec<u8> {
         }
         bit += nbits as usize;
     }
-    out
 }
 
 /// Unpacks `count` unsigned `nbits`-bit elements.

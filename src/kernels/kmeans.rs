@@ -98,33 +98,40 @@ struct Prefix {
 
 impl Prefix {
     fn new(h: &Histogram) -> (Self, f64) {
-        let total: f64 = h.counts.iter().sum();
-        let mean = h
-            .values
-            .iter()
-            .zip(&h.counts)
-            .map(|(x, w)| x * w)
-            .sum::<f64>()
-            / total.max(1.0);
-        let m = h.len();
-        let (mut w, mut s, mut q) = (
-            Vec::with_capacity(m + 1),
-            Vec::with_capacity(m + 1),
-            Vec::with_capacity(m + 1),
-        );
-        w.push(0.0);
-        s.push(0.0);
-        q.push(0.0);
+        Self::build(h.values.len(), |t| (h.values[t], h.counts[t]))
+    }
+
+    /// The prefix sums of the mirrored histogram (values negated, order
+    /// reversed), computed without building it: the same operations in the
+    /// same order as [`Prefix::new`] on the mirrored copy, so the sums are
+    /// bit-identical to that.
+    fn mirrored(h: &Histogram) -> Self {
+        let m = h.values.len();
+        Self::build(m, |t| (-h.values[m - 1 - t], h.counts[m - 1 - t])).0
+    }
+
+    /// Prefix sums over `m` (value, count) pairs given in ascending order.
+    #[inline(always)]
+    fn build(m: usize, at: impl Fn(usize) -> (f64, f64)) -> (Self, f64) {
+        let (mut total, mut sum) = (0.0, 0.0);
+        for t in 0..m {
+            let (x, c) = at(t);
+            total += c;
+            sum += x * c;
+        }
+        let mean = sum / f64::max(total, 1.0);
+        let (mut w, mut s, mut q) = (vec![0.0; m + 1], vec![0.0; m + 1], vec![0.0; m + 1]);
         let (mut aw, mut as_, mut aq) = (0.0, 0.0, 0.0);
-        for (&x, &c) in h.values.iter().zip(&h.counts) {
+        for t in 0..m {
+            let (x, c) = at(t);
             // Centring keeps Σwx² - (Σwx)²/Σw from cancelling badly.
             let d = x - mean;
             aw += c;
             as_ += c * d;
             aq += c * d * d;
-            w.push(aw);
-            s.push(as_);
-            q.push(aq);
+            w[t + 1] = aw;
+            s[t + 1] = as_;
+            q[t + 1] = aq;
         }
         (Self { w, s, q }, mean)
     }
@@ -308,11 +315,7 @@ fn half(p: &Prefix, m: usize, k: usize, layers: usize, u: f64) -> Option<Half> {
 
 fn meet_in_the_middle(h: &Histogram, p: &Prefix, k: usize, u: f64) -> Option<Clustering> {
     let m = h.len();
-    let mirrored = Histogram {
-        values: h.values.iter().rev().map(|v| -v).collect(),
-        counts: h.counts.iter().rev().copied().collect(),
-    };
-    let (rp, _) = Prefix::new(&mirrored);
+    let rp = Prefix::mirrored(h);
     let a = k / 2;
     let b = k - a;
     let fw = half(p, m, k, a, u)?;
