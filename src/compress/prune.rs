@@ -435,7 +435,7 @@ impl Pattern {
         match *self {
             Pattern::Unstructured(sparsity) => Ok(SgptPattern::Unstructured {
                 sparsity,
-                rule: MaskRule::Exact,
+                rule: MaskRule::ExactTotal,
             }),
             Pattern::NOutOfM { n, m, dim: 1 } => Ok(SgptPattern::NOfM { n, m }),
             Pattern::NOutOfM { dim, .. } => Err(format!(

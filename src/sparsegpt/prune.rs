@@ -64,12 +64,15 @@ pub enum MaskRule {
     /// The references' rule: prune every score `<=` the `K`-th smallest
     /// (0-based), `K = ⌊numel·s⌋`: `K + 1` weights per block, more on ties.
     Reference,
-    /// A deviation from the references: exactly `round(s·numel)` weights
-    /// of the whole matrix, spread over the blocks by cumulative rounding
-    /// (block `[b0, b1)` prunes `round(s·r·b1) − round(s·r·b0)`), ties by
-    /// row-major position within the block. The sparsity the command asks
-    /// for is then the sparsity it writes, as with magnitude pruning.
+    /// A deviation from the references: prune exactly `K` weights per block,
+    /// ties by row-major position within the block.
     Exact,
+    /// Exactly `round(s·numel)` weights of the whole matrix, spread over
+    /// the blocks by cumulative rounding (block `[b0, b1)` prunes
+    /// `round(s·r·b1) − round(s·r·b0)`), ties as [`MaskRule::Exact`]. The
+    /// sparsity the command asks for is then the sparsity it writes, as
+    /// with magnitude pruning (`prune --method sparsegpt` uses it).
+    ExactTotal,
 }
 
 /// The sparsity pattern.
@@ -152,12 +155,16 @@ impl PruneParams {
             Pattern::Unstructured { sparsity, rule } => {
                 let max_ok = match rule {
                     MaskRule::Reference => sparsity < 1.0,
-                    MaskRule::Exact => sparsity <= 1.0,
+                    MaskRule::Exact | MaskRule::ExactTotal => sparsity <= 1.0,
                 };
                 if !(sparsity >= 0.0 && max_ok) {
                     return bad(format!(
                         "sparsity must be in [0, 1){}, got {sparsity}",
-                        if rule == MaskRule::Exact { " or 1" } else { "" }
+                        if rule != MaskRule::Reference {
+                            " or 1"
+                        } else {
+                            ""
+                        }
                     ));
                 }
                 if rule == MaskRule::Reference {
@@ -198,12 +205,12 @@ fn cut_index(numel: usize, sparsity: f64) -> usize {
 }
 
 /// The cut of block `[b0, b1)` of an `r`-row matrix under `rule`: the
-/// references' `K` for [`MaskRule::Reference`], the block's share of
-/// `round(s·numel)` for [`MaskRule::Exact`].
+/// references' `K` for [`MaskRule::Reference`] and [`MaskRule::Exact`],
+/// the block's share of `round(s·numel)` for [`MaskRule::ExactTotal`].
 fn block_cut(r: usize, b0: usize, b1: usize, sparsity: f64, rule: MaskRule) -> usize {
     match rule {
-        MaskRule::Reference => cut_index(r * (b1 - b0), sparsity),
-        MaskRule::Exact => {
+        MaskRule::Reference | MaskRule::Exact => cut_index(r * (b1 - b0), sparsity),
+        MaskRule::ExactTotal => {
             let upto = |j: usize| ((r * j) as f64 * sparsity).round() as usize;
             upto(b1) - upto(b0)
         }
@@ -589,7 +596,7 @@ fn select_unstructured(
                 .enumerate()
                 .for_each(|(idx, m)| *m = score(idx) <= thresh);
         }
-        MaskRule::Exact => {
+        MaskRule::Exact | MaskRule::ExactTotal => {
             if cut == 0 {
                 return;
             }

@@ -210,12 +210,12 @@ pub fn naive_prune(
                 }
             }
             let kcut = match rule {
-                MaskRule::Reference => (sc.len() as f64 * sparsity) as usize,
                 // The block's share of round(s·numel) (cumulative rounding).
-                MaskRule::Exact => {
+                MaskRule::ExactTotal => {
                     ((r * b1) as f64 * sparsity).round() as usize
                         - ((r * b0) as f64 * sparsity).round() as usize
                 }
+                _ => (sc.len() as f64 * sparsity) as usize,
             };
             match rule {
                 MaskRule::Reference => {
@@ -226,7 +226,7 @@ pub fn naive_prune(
                         mask[row * c + j] = v <= th;
                     }
                 }
-                MaskRule::Exact => {
+                MaskRule::Exact | MaskRule::ExactTotal => {
                     // Stable sort of the row-major list keeps position order on ties.
                     let mut s = sc.clone();
                     s.sort_by(|a, b| a.0.total_cmp(&b.0));

@@ -106,8 +106,11 @@ fn exact_rule_matches_the_literal_spec() {
         };
         p.sweep_block = 32;
         let got = compare(&w, 20, 90, &h, &p, &format!("exact s={s}"));
-        // Exactly round(numel·s) in all.
-        let want = (20.0 * 90.0 * s).round() as usize;
+        // Exactly ⌊numel·s⌋ per block.
+        let want: usize = [32, 32, 26]
+            .iter()
+            .map(|&k| (20.0 * k as f64 * s) as usize)
+            .sum();
         assert_eq!(got.pruned, want, "exact rule count at s={s}");
     }
 }
@@ -437,7 +440,7 @@ proptest! {
     }
 
     #[test]
-    fn exact_rule_prunes_round_s_numel_spread_over_blocks(
+    fn exact_rule_prunes_exactly_k_per_block(
         r in 1usize..12, c in 1usize..70, b in 1usize..40, s in 0.0f64..=1.0, seed in 0u64..1000,
     ) {
         let mut rng = Rng::new(seed);
@@ -447,11 +450,9 @@ proptest! {
         p.pattern = Pattern::Unstructured { sparsity: s, rule: MaskRule::Exact };
         p.sweep_block = b;
         let got = prune_layer(&w, r, c, hessian_of(&x, c, 2), &p).unwrap();
-        let upto = |j: usize| ((r * j) as f64 * s).round() as usize;
-        prop_assert_eq!(got.pruned, upto(c));
         for b0 in (0..c).step_by(b) {
             let k = b.min(c - b0);
-            let want = upto(b0 + k) - upto(b0);
+            let want = (((r * k) as f64) * s) as usize;
             let have = (0..r).map(|row| got.mask[row * c + b0..row * c + b0 + k].iter().filter(|&&m| m).count()).sum::<usize>();
             prop_assert_eq!(have, want);
         }
@@ -479,5 +480,21 @@ proptest! {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn exact_total_rule_matches_the_literal_spec_and_prunes_round_s_numel() {
+    let (w, x) = correlated_layer(20, 90, 300, 9);
+    let h = naive_hessian(&x, 90, 300);
+    for s in [0.0, 0.25, 0.4, 0.5, 0.9, 1.0] {
+        let mut p = PruneParams::unstructured(s);
+        p.pattern = Pattern::Unstructured {
+            sparsity: s,
+            rule: MaskRule::ExactTotal,
+        };
+        p.sweep_block = 32;
+        let got = compare(&w, 20, 90, &h, &p, &format!("exact-total s={s}"));
+        assert_eq!(got.pruned, (20.0 * 90.0 * s).round() as usize, "s={s}");
     }
 }
