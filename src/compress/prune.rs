@@ -396,21 +396,7 @@ impl WeightPass for Prune {
                 detail.insert("lut_values".into(), "nonzero".into());
                 (None, Some(l))
             }
-            None => {
-                fn take<T: Copy>(v: &[T], keep: &[bool]) -> Vec<T> {
-                    v.iter()
-                        .zip(keep)
-                        .filter(|(_, k)| **k)
-                        .map(|(v, _)| *v)
-                        .collect()
-                }
-                let kept = match &t.data {
-                    Data::F16(v) => Data::F16(take(v, &keep)),
-                    Data::F32(v) => Data::F32(take(v, &keep)),
-                    _ => return Err(format!("dtype {} is not fp16/fp32", t.dtype)),
-                };
-                (Some(kept), None)
-            }
+            None => (Some(kept_values(&t.data, &keep, &t.dtype)?), None),
         };
         if let Some(r) = &p.lut_skipped {
             detail.insert("lut_skipped".into(), r.clone().into());
@@ -501,19 +487,7 @@ fn sparsegpt_compressed(
                 .zip(&keep)
                 .map(|(&v, &k)| if k { v } else { 0.0 })
                 .collect();
-            fn take<T: Copy>(v: &[T], keep: &[bool]) -> Vec<T> {
-                v.iter()
-                    .zip(keep)
-                    .filter(|(_, k)| **k)
-                    .map(|(v, _)| *v)
-                    .collect()
-            }
-            let kept = match &r.values {
-                Data::F16(v) => Data::F16(take(v, &keep)),
-                Data::F32(v) => Data::F32(take(v, &keep)),
-                _ => return Err(format!("dtype {} is not fp16/fp32", t.dtype)),
-            };
-            (Some(kept), None, dec)
+            (Some(kept_values(&r.values, &keep, &t.dtype)?), None, dec)
         }
     };
     if let Some(reason) = &p.lut_skipped {
@@ -566,6 +540,23 @@ fn decode_sparse_lut(
             table[g * k + i]
         })
         .collect())
+}
+
+/// The values at kept positions, in row-major order (the sparse form's
+/// non-zero data).
+fn kept_values(d: &Data, keep: &[bool], dtype: &crate::mil::DType) -> Result<Data, String> {
+    fn take<T: Copy>(v: &[T], keep: &[bool]) -> Vec<T> {
+        v.iter()
+            .zip(keep)
+            .filter(|(_, k)| **k)
+            .map(|(v, _)| *v)
+            .collect()
+    }
+    match d {
+        Data::F16(v) => Ok(Data::F16(take(v, keep))),
+        Data::F32(v) => Ok(Data::F32(take(v, keep))),
+        _ => Err(format!("dtype {dtype} is not fp16/fp32")),
+    }
 }
 
 /// Whether every value is finite; `Err` for a non-float tensor.
