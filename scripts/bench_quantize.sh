@@ -7,8 +7,13 @@
 # runs under /usr/bin/time -v: wall seconds, CPU seconds (user + sys), peak RSS; the table gives
 # the coremltools / sdcompress wall and CPU ratios and both weight.bin sizes.
 #
+# With BENCH_SD15=1 a third model is added: a synthetic SD-1.5-shaped UNet (examples/synth_unet.rs
+# --arch sd15, 860 M fp16 parameters, 1.7 GB; ~3.5 GB of RSS for coremltools), or the package
+# BENCH_REUSE/sd15.mlpackage when that exists.
+#
 # Environment: BENCH_PYTHON (Python with coremltools 9.0; default .venv/bin/python),
-# BENCH_DIR (temporary directory parent; default target/), BENCH_THREADS (sdcompress --threads).
+# BENCH_DIR (temporary directory parent; default target/), BENCH_THREADS (sdcompress --threads),
+# BENCH_SD15=1, BENCH_REUSE=DIR.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -20,6 +25,16 @@ threads=()
 cargo build --release -q
 sd="$repo/target/release/sdcompress"
 "$py" scripts/make_bert_like.py "$dir/minilm.mlpackage" >/dev/null 2>&1 || { echo "error: make_bert_like.py failed" >&2; exit 1; }
+models=("fixtures/tiny-sd-unet-ios18.mlpackage" "$dir/minilm.mlpackage")
+if [ "${BENCH_SD15:-0}" = 1 ]; then
+    if [ -n "${BENCH_REUSE:-}" ] && [ -d "$BENCH_REUSE/sd15.mlpackage" ]; then
+        models+=("$BENCH_REUSE/sd15.mlpackage")
+    else
+        cargo build --release -q --example synth_unet
+        "$repo/target/release/examples/synth_unet" --arch sd15 --seed 0 --out "$dir/sd15.mlpackage" >/dev/null
+        models+=("$dir/sd15.mlpackage")
+    fi
+fi
 
 measure() { # measure LOG CMD... -> "wall cpu rss_mb"
     local log=$1
@@ -32,7 +47,7 @@ measure() { # measure LOG CMD... -> "wall cpu rss_mb"
 size() { du -sb "$1/Data/com.apple.CoreML/weights" | cut -f1; }
 
 printf '%-12s %-12s %8s %8s %9s %12s\n' model tool wall_s cpu_s rss_MB weight.bin
-for m in "fixtures/tiny-sd-unet-ios18.mlpackage" "$dir/minilm.mlpackage"; do
+for m in "${models[@]}"; do
     name=$(basename "$m" .mlpackage)
     read -r cw cc cr < <(measure "$dir/ct.log" "$py" benches/ct_quantize.py "$m" "$dir/ct.mlpackage")
     read -r sw sc sr < <(measure "$dir/sd.log" "$sd" -q quantize "$m" -o "$dir/sd.mlpackage" "${threads[@]}")

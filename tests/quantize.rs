@@ -526,6 +526,41 @@ fn threads_do_not_change_output() {
     assert_eq!(tree_contents(&a), tree_contents(&b));
 }
 
+/// Rank-1 consts (biases, norm scales) stay dense whatever their size, as in coremltools (a
+/// synthetic SD-1.5 UNet has 26 such consts above 2048 elements that an earlier build
+/// quantized): with a threshold low enough to admit them, every rank-1 const is skipped with
+/// the reason and every compressed weight has rank >= 2.
+#[test]
+fn rank_one_consts_stay_dense() {
+    let tmp = tempdir();
+    let out = tmp.path().join("q.mlpackage");
+    let run = quantize(
+        &fixture("tiny-sd-unet-ios18"),
+        &out,
+        &["--weight-threshold", "100"],
+    );
+    let ws = weights(&run.report);
+    let rank1: Vec<&Value> = ws
+        .iter()
+        .filter(|w| w["shape"].as_array().map(Vec::len) == Some(1))
+        .filter(|w| w["shape"][0].as_u64().unwrap_or(0) > 100)
+        .collect();
+    assert!(
+        rank1.len() >= 2,
+        "the fixture has rank-1 consts above 100 elements"
+    );
+    for w in &rank1 {
+        assert_eq!(w["skipped"], "rank < 2", "{}", w["name"]);
+    }
+    for w in compressed(&run.report) {
+        assert!(
+            w["shape"].as_array().expect("shape").len() >= 2,
+            "{}",
+            w["name"]
+        );
+    }
+}
+
 /// A config file sets the code type per op type and skips by name, as for palettize.
 #[test]
 fn config_file_per_op_type() {

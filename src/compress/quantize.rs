@@ -125,6 +125,11 @@ impl WeightPass for Quantize {
                 w.numel()
             )));
         }
+        // coremltools leaves rank-1 consts (biases, norm scales) dense, citing
+        // a Core ML bug with 1-D constexpr outputs; so do palettize and prune.
+        if w.shape.len() < 2 {
+            return Ok(Decision::Skip("rank < 2".into()));
+        }
         if !matches!(w.dtype, DType::Fp16 | DType::Fp32) {
             return Ok(Decision::Skip(format!(
                 "dtype {} is not fp16/fp32",
@@ -192,7 +197,12 @@ impl WeightPass for Quantize {
     fn compute(&self, input: WeightData, p: &QuantPlan) -> Result<Compressed, String> {
         let t = input.tensor;
         let (x, store) = match &t.data {
-            Data::F16(v) => (v.iter().map(|h| h.to_f32()).collect::<Vec<_>>(), Store::F16),
+            Data::F16(v) => {
+                // One SIMD conversion where the CPU has F16C.
+                let mut x = vec![0f32; v.len()];
+                half::slice::HalfFloatSliceExt::convert_to_f32_slice(&v[..], &mut x);
+                (x, Store::F16)
+            }
             Data::F32(v) => (v.clone(), Store::F32),
             _ => return Err(format!("dtype {} is not fp16/fp32", t.dtype)),
         };

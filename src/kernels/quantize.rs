@@ -72,7 +72,7 @@ impl Store {
     /// `x` rounded to this dtype (nearest, ties to even), as f32.
     pub fn round(self, x: f32) -> f32 {
         match self {
-            Store::F16 => half::f16::from_f32(x).to_f32(),
+            Store::F16 => round_to_f16(x),
             Store::F32 => x,
         }
     }
@@ -152,29 +152,224 @@ pub fn params(min: f32, max: f32, spec: Spec, store: Store) -> Params {
 /// The decoded value of code `q`: `scale · (q − zp)` rounded to `store`.
 /// The f32 product of an fp16 scale and an integer below 2^13 is exact, so
 /// this is the single rounding Core ML performs.
-#[inline]
+#[inline(always)]
 pub fn dequantize(q: i32, p: Params, store: Store) -> f32 {
-    store.round(p.scale * (q - p.zero_point) as f32)
+    let v = p.scale * (q - p.zero_point) as f32;
+    match store {
+        Store::F16 => round_to_f16(v),
+        Store::F32 => v,
+    }
+}
+
+/// `v` rounded to the nearest fp16 value (ties to even), returned as f32:
+/// the same as `f16::from_f32(v).to_f32()`, without a call per element.
+///
+/// In fp16's normal range this drops the 13 low mantissa bits of the f32
+/// with round-half-even (a carry into the exponent is the right answer);
+/// below it fp16 has a fixed step of 2^-24, and adding then subtracting
+/// 0.75 (whose binade has exactly that step) rounds to it. Values that
+/// round to ±∞ or are not finite go through `half`.
+#[inline(always)]
+pub fn round_to_f16(v: f32) -> f32 {
+    const MIN_NORMAL: f32 = 6.103_515_6e-5; // 2^-14
+    let a = v.abs();
+    if a.is_nan() || a >= 65504.0 {
+        return half::f16::from_f32(v).to_f32();
+    }
+    // Both forms are computed and one is selected, without a branch: which
+    // one applies flips often for weights near zero.
+    let sub = ((a + 0.75) - 0.75).copysign(v);
+    let b = v.to_bits();
+    let norm = f32::from_bits((b + 0x0FFF + ((b >> 13) & 1)) & !0x1FFF);
+    if a < MIN_NORMAL {
+        sub
+    } else {
+        norm
+    }
+}
+
+/// `x` rounded to the nearest integer, ties to even, for |x| ≤ 2^51
+/// (larger values come back unchanged or nearly so; callers clamp). Adding
+/// and subtracting 1.5·2^52 rounds in the FPU's default mode; this avoids a
+/// libm `rint` call on targets without SSE4.1.
+#[inline]
+fn rint(x: f64) -> f64 {
+    const M: f64 = 6_755_399_441_055_744.0; // 1.5 · 2^52
+    if x.abs() < 2_251_799_813_685_248.0 {
+        (x + M) - M
+    } else {
+        x
+    }
 }
 
 /// The code of `w` (see the module notes on rounding), within `[lo, hi]`.
-#[inline]
+#[inline(always)]
 pub fn quantize(w: f32, p: Params, lo: i32, hi: i32, store: Store) -> i32 {
-    let x = (f64::from(w) / f64::from(p.scale)).round_ties_even();
+    quantize_decoded(w, p, lo, hi, store).0
+}
+
+/// The code of `w` and its decoded value.
+///
+/// Decoded values are non-decreasing in the code (positive scale, monotone
+/// rounding), so only the neighbour on `w`'s side of the candidate's
+/// decoded value can be nearer; the other one is never strictly nearer.
+/// Written without data-dependent branches: which side `w` falls on is a
+/// coin toss per element.
+#[inline(always)]
+fn quantize_decoded(w: f32, p: Params, lo: i32, hi: i32, store: Store) -> (i32, f32) {
+    let x = rint(f64::from(w) / f64::from(p.scale));
     let q0 = (x.clamp(-1e9, 1e9) as i32 + p.zero_point).clamp(lo, hi);
-    let err = |q: i32| (f64::from(dequantize(q, p, store)) - f64::from(w)).abs();
-    let mut best = q0;
-    let mut best_err = err(q0);
-    for q in [q0 - 1, q0 + 1] {
-        if (lo..=hi).contains(&q) {
-            let e = err(q);
-            if e < best_err {
-                best = q;
-                best_err = e;
+    let d0 = dequantize(q0, p, store);
+    let side = i32::from(w > d0) - i32::from(w < d0);
+    let q1 = (q0 + side).clamp(lo, hi);
+    let d1 = dequantize(q1, p, store);
+    let e0 = (f64::from(d0) - f64::from(w)).abs();
+    let e1 = (f64::from(d1) - f64::from(w)).abs();
+    if e1 < e0 {
+        (q1, d1)
+    } else {
+        (q0, d0)
+    }
+}
+
+/// Lanes of the segment loop's partial sums.
+const LANES: usize = 8;
+
+/// Codes of one segment (one block's run of a row) and its (Σ w², Σ err²,
+/// max |err|).
+///
+/// When every decoded level of the block is below fp16's largest finite
+/// value, the work runs in f64 lanes without branches, which the compiler
+/// vectorises: the candidate `q` stays a (small, exact) f64, its decoded
+/// value `scale·(q − zp)` is exact in f64 and in f32 (an fp16 scale times
+/// an integer below 2^13), and the fp16 rounding is [`round_to_f16`]'s bit
+/// form. The sums keep `LANES` partial accumulators combined in a fixed
+/// order, so results do not depend on how the work is split. Otherwise
+/// (levels that overflow fp16) each element takes [`quantize_decoded`].
+/// Both give the same codes; the tests check it.
+fn quantize_segment(
+    xs: &[f32],
+    codes: &mut [u8],
+    p: Params,
+    lo: i32,
+    hi: i32,
+    store: Store,
+) -> (f64, f64, f64) {
+    let reach = (lo - p.zero_point).abs().max((hi - p.zero_point).abs());
+    let fast = match store {
+        Store::F16 => f64::from(p.scale) * f64::from(reach) < 65504.0,
+        Store::F32 => false,
+    };
+    let mut sig = [0f64; LANES];
+    let mut sse = [0f64; LANES];
+    let mut mx = [0f64; LANES];
+    let n = xs.len() / LANES * LANES;
+    if fast {
+        let scale = f64::from(p.scale);
+        let zp = f64::from(p.zero_point);
+        let (flo, fhi) = (f64::from(lo), f64::from(hi));
+        let dec = |q: f64| round_to_f16_finite((scale * (q - zp)) as f32);
+        for (cs, ws) in codes[..n]
+            .chunks_exact_mut(LANES)
+            .zip(xs[..n].chunks_exact(LANES))
+        {
+            for l in 0..LANES {
+                let w = ws[l];
+                let wf = f64::from(w);
+                let q0 = clamp(rint_small(wf / scale) + zp, flo, fhi);
+                let d0 = dec(q0);
+                // Towards w (either way when w == d0: the neighbour then
+                // cannot be strictly nearer). Bit selects, not `if`s: the
+                // compiler turns those into branches, and the side w falls
+                // on is a coin toss per element.
+                let side = 1f64.copysign(wf - f64::from(d0));
+                let q1 = clamp(q0 + side, flo, fhi);
+                let d1 = dec(q1);
+                let e0 = (f64::from(d0) - wf).abs();
+                let e1 = (f64::from(d1) - wf).abs();
+                let take = e1 < e0;
+                let q = select(take, q1, q0);
+                let e = select(take, e1, e0);
+                // q is an integer in [-128, 255]: the low byte of
+                // q + 1.5·2^52's bits is its two's-complement byte.
+                cs[l] = (q + 6_755_399_441_055_744.0).to_bits() as u8;
+                sig[l] += wf * wf;
+                sse[l] += e * e;
+                mx[l] = if e > mx[l] { e } else { mx[l] };
+            }
+        }
+    } else {
+        for (cs, ws) in codes[..n]
+            .chunks_exact_mut(LANES)
+            .zip(xs[..n].chunks_exact(LANES))
+        {
+            for l in 0..LANES {
+                let (q, d) = quantize_decoded(ws[l], p, lo, hi, store);
+                let e = (f64::from(d) - f64::from(ws[l])).abs();
+                cs[l] = q as u8;
+                sig[l] += f64::from(ws[l]) * f64::from(ws[l]);
+                sse[l] += e * e;
+                mx[l] = mx[l].max(e);
             }
         }
     }
-    best
+    for (l, (c, &w)) in codes[n..].iter_mut().zip(&xs[n..]).enumerate() {
+        let (q, d) = quantize_decoded(w, p, lo, hi, store);
+        let e = (f64::from(d) - f64::from(w)).abs();
+        *c = q as u8;
+        sig[l] += f64::from(w) * f64::from(w);
+        sse[l] += e * e;
+        mx[l] = mx[l].max(e);
+    }
+    (
+        sig.iter().sum(),
+        sse.iter().sum(),
+        mx.iter().fold(0f64, |a, &b| a.max(b)),
+    )
+}
+
+/// `a` if `c` else `b`, by bit masks.
+#[inline(always)]
+fn select(c: bool, a: f64, b: f64) -> f64 {
+    let m = 0u64.wrapping_sub(u64::from(c));
+    f64::from_bits((a.to_bits() & m) | (b.to_bits() & !m))
+}
+
+/// `x` limited to `[lo, hi]` as a select (no NaN handling: `x` is finite).
+#[inline(always)]
+fn clamp(x: f64, lo: f64, hi: f64) -> f64 {
+    let x = if x < lo { lo } else { x };
+    if x > hi {
+        hi
+    } else {
+        x
+    }
+}
+
+/// [`round_to_f16`] for |v| < 65504 (the caller guarantees it). The
+/// subnormal test stays a branch: it is rarely taken, so well predicted,
+/// and a bit select measured slower.
+#[inline(always)]
+fn round_to_f16_finite(v: f32) -> f32 {
+    const MIN_NORMAL: f32 = 6.103_515_6e-5; // 2^-14
+    let a = v.abs();
+    let sub = ((a + 0.75) - 0.75).copysign(v);
+    let b = v.to_bits();
+    let norm = f32::from_bits((b + 0x0FFF + ((b >> 13) & 1)) & !0x1FFF);
+    if a < MIN_NORMAL {
+        sub
+    } else {
+        norm
+    }
+}
+
+/// [`rint`] without the range test, for |x| ≤ 2^51 or results that are
+/// clamped anyway (beyond 2^52 it returns `x` rounded to a multiple of 2,
+/// still far outside any code range).
+#[inline(always)]
+fn rint_small(x: f64) -> f64 {
+    const M: f64 = 6_755_399_441_055_744.0; // 1.5 · 2^52
+    (x + M) - M
 }
 
 /// Why a tensor cannot be quantized.
@@ -205,6 +400,7 @@ pub struct Quantized {
 /// Calls `f(element, block)` for every element of `shape` in row-major
 /// order, `block` being its row-major index in `grid` (block extents are
 /// `shape[i] / grid[i]`).
+#[cfg(test)]
 fn for_each_block(shape: &[usize], grid: &[usize], mut f: impl FnMut(usize, usize)) {
     let k = shape.len();
     if k == 0 {
@@ -243,6 +439,67 @@ fn for_each_block(shape: &[usize], grid: &[usize], mut f: impl FnMut(usize, usiz
     }
 }
 
+/// Rows (all axes but the last) of a block grid: for the row starting at
+/// element `r · row`, the block index of its first segment; segment `j`
+/// (elements `j·seg .. (j+1)·seg` of the row) is block `first + j`.
+struct RowBlocks {
+    row: usize,
+    seg: usize,
+    ext: Vec<usize>,
+    gstride: Vec<usize>,
+    shape: Vec<usize>,
+}
+
+impl RowBlocks {
+    fn new(shape: &[usize], grid: &[usize]) -> Self {
+        // An axis followed by one with a single block merges with it (its
+        // block index is unchanged by the merge), so a per-channel conv
+        // weight [Cout, Cin, kh, kw] becomes rows of Cin·kh·kw elements, not
+        // rows of kw: the per-row bookkeeping must not run per 3 elements.
+        let (mut shape, mut grid) = (shape.to_vec(), grid.to_vec());
+        // Axis 0 stays whole: rows are what the parallel loop splits.
+        let mut i = shape.len().saturating_sub(1);
+        while i > 1 {
+            if grid[i] == 1 {
+                shape[i - 1] *= shape[i];
+                shape.remove(i);
+                grid.remove(i);
+            }
+            i -= 1;
+        }
+        let (shape, grid) = (&shape[..], &grid[..]);
+        let k = shape.len();
+        let ext: Vec<usize> = shape.iter().zip(grid).map(|(s, g)| s / g).collect();
+        let mut gstride = vec![1usize; k];
+        for i in (0..k.saturating_sub(1)).rev() {
+            gstride[i] = gstride[i + 1] * grid[i + 1];
+        }
+        Self {
+            row: shape.last().copied().unwrap_or(1),
+            seg: ext.last().copied().unwrap_or(1),
+            ext,
+            gstride,
+            shape: shape.to_vec(),
+        }
+    }
+
+    /// Block of the first segment of row `r`.
+    fn first(&self, mut r: usize) -> usize {
+        let k = self.shape.len();
+        let mut b = 0;
+        for i in (0..k.saturating_sub(1)).rev() {
+            let idx = r % self.shape[i];
+            r /= self.shape[i];
+            b += idx / self.ext[i] * self.gstride[i];
+        }
+        b
+    }
+}
+
+/// Rows per parallel chunk: a fixed element count, so the partial sums (and
+/// the report built from them) do not depend on the number of threads.
+const CHUNK_ELEMS: usize = 1 << 16;
+
 /// Quantizes `x` (row-major, `shape`) with one set of parameters per block
 /// of `grid` (same rank; `shape[i] % grid[i] == 0`).
 pub fn quantize_blocks(
@@ -252,6 +509,7 @@ pub fn quantize_blocks(
     spec: Spec,
     store: Store,
 ) -> Result<Quantized, QuantError> {
+    use rayon::prelude::*;
     if grid.len() != shape.len()
         || shape.iter().zip(grid).any(|(&s, &g)| g == 0 || s % g != 0)
         || shape.iter().product::<usize>() != x.len()
@@ -262,12 +520,24 @@ pub fn quantize_blocks(
         return Err(QuantError::NonFinite);
     }
     let blocks: usize = grid.iter().product();
+    let rb = RowBlocks::new(shape, grid);
+    let (row, seg) = (rb.row.max(1), rb.seg.max(1));
     let mut mins = vec![f32::INFINITY; blocks];
     let mut maxs = vec![f32::NEG_INFINITY; blocks];
-    for_each_block(shape, grid, |e, b| {
-        mins[b] = mins[b].min(x[e]);
-        maxs[b] = maxs[b].max(x[e]);
-    });
+    if !x.is_empty() {
+        for (r, xs) in x.chunks(row).enumerate() {
+            let first = rb.first(r);
+            for (j, s) in xs.chunks(seg).enumerate() {
+                let (lo, hi) = s
+                    .iter()
+                    .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+                        (a.min(v), b.max(v))
+                    });
+                mins[first + j] = mins[first + j].min(lo);
+                maxs[first + j] = maxs[first + j].max(hi);
+            }
+        }
+    }
     let params: Vec<Params> = mins
         .iter()
         .zip(&maxs)
@@ -275,17 +545,31 @@ pub fn quantize_blocks(
         .collect();
     let (lo, hi) = spec.qtype.range(spec.symmetric);
     let mut codes = vec![0u8; x.len()];
+    let rows_per_chunk = (CHUNK_ELEMS / row).max(1);
+    let partial: Vec<(f64, f64, f64)> = codes
+        .par_chunks_mut(rows_per_chunk * row)
+        .zip(x.par_chunks(rows_per_chunk * row))
+        .enumerate()
+        .map(|(c, (cs, xs))| {
+            let (mut signal, mut sse, mut max_abs) = (0f64, 0f64, 0f64);
+            for (r, (crow, xrow)) in cs.chunks_mut(row).zip(xs.chunks(row)).enumerate() {
+                let first = rb.first(c * rows_per_chunk + r);
+                for (j, (cseg, xseg)) in crow.chunks_mut(seg).zip(xrow.chunks(seg)).enumerate() {
+                    let (s, e, m) = quantize_segment(xseg, cseg, params[first + j], lo, hi, store);
+                    signal += s;
+                    sse += e;
+                    max_abs = max_abs.max(m);
+                }
+            }
+            (signal, sse, max_abs)
+        })
+        .collect();
     let (mut signal, mut sse, mut max_abs) = (0f64, 0f64, 0f64);
-    for_each_block(shape, grid, |e, b| {
-        let p = params[b];
-        let w = x[e];
-        let q = quantize(w, p, lo, hi, store);
-        codes[e] = q as u8;
-        let d = f64::from(dequantize(q, p, store)) - f64::from(w);
-        signal += f64::from(w) * f64::from(w);
-        sse += d * d;
-        max_abs = max_abs.max(d.abs());
-    });
+    for (s, e, m) in partial {
+        signal += s;
+        sse += e;
+        max_abs = max_abs.max(m);
+    }
     Ok(Quantized {
         codes,
         params,
@@ -532,5 +816,115 @@ mod tests {
         let mut seen = Vec::new();
         for_each_block(&[4, 4], &[2, 2], |_, b| seen.push(b));
         assert_eq!(seen, vec![0, 0, 1, 1, 0, 0, 1, 1, 2, 2, 3, 3, 2, 2, 3, 3]);
+    }
+
+    /// `round_to_f16` is `half`'s f32 → f16 → f32 on a spread of f32 bit
+    /// patterns (every 997th, both signs, all exponents) and on every value
+    /// within a few ulps of each fp16 value and of each midpoint between two.
+    #[test]
+    fn round_to_f16_matches_half() {
+        let check = |v: f32| {
+            let want = f16::from_f32(v).to_f32();
+            let got = round_to_f16(v);
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "{v:e} ({:#x}): {got:e} vs {want:e}",
+                v.to_bits()
+            );
+        };
+        for b in (0..=u32::MAX).step_by(997) {
+            check(f32::from_bits(b));
+        }
+        for h in 0..=u16::MAX {
+            let v = f16::from_bits(h).to_f32();
+            if !v.is_finite() {
+                continue;
+            }
+            let next = f16::from_bits(h.wrapping_add(1)).to_f32();
+            let mid = if next.is_finite() {
+                (v + next) / 2.0
+            } else {
+                v
+            };
+            for c in [v, mid] {
+                for d in -3i32..=3 {
+                    check(f32::from_bits(c.to_bits().wrapping_add_signed(d)));
+                }
+            }
+        }
+    }
+
+    /// The previous, literal form of the code choice: round `w / scale`,
+    /// then take the best of it and both neighbours (strictly better wins).
+    fn quantize_three(w: f32, p: Params, lo: i32, hi: i32, store: Store) -> i32 {
+        let dec = |q: i32| {
+            let v = p.scale * (q - p.zero_point) as f32;
+            match store {
+                Store::F16 => f16::from_f32(v).to_f32(),
+                Store::F32 => v,
+            }
+        };
+        let x = (f64::from(w) / f64::from(p.scale)).round_ties_even();
+        let q0 = (x.clamp(-1e9, 1e9) as i32 + p.zero_point).clamp(lo, hi);
+        let err = |q: i32| (f64::from(dec(q)) - f64::from(w)).abs();
+        let (mut best, mut best_err) = (q0, err(q0));
+        for q in [q0 - 1, q0 + 1] {
+            if (lo..=hi).contains(&q) && err(q) < best_err {
+                best = q;
+                best_err = err(q);
+            }
+        }
+        best
+    }
+
+    /// The one-neighbour choice and the parallel chunked loop give the codes
+    /// of the literal three-candidate rule on a tensor spanning many chunks
+    /// (per channel and per block grids, every code type and mode), with
+    /// values sitting on and around decision midpoints; the error sums are
+    /// the same bits with 1 and 3 threads.
+    #[test]
+    fn chunked_codes_match_the_literal_rule() {
+        let shape = [96usize, 2100];
+        let n = shape[0] * shape[1];
+        assert!(n > 2 * CHUNK_ELEMS);
+        for store in [Store::F16, Store::F32] {
+            let mut x = values(n, 11, 0.08, store);
+            // Midpoints of a plausible step, and fp16 neighbours of them.
+            for (i, v) in x.iter_mut().enumerate().step_by(7) {
+                let step = 0.08 / 127.0;
+                let m = ((i % 200) as f32 - 100.0 + 0.5) * step;
+                *v = store.round(f32::from_bits(m.to_bits().wrapping_add((i % 3) as u32)));
+            }
+            for &t in &ALL {
+                for symmetric in [true, false] {
+                    for grid in [[96usize, 1], [1, 1], [96, 21]] {
+                        let spec = Spec {
+                            qtype: t,
+                            symmetric,
+                        };
+                        let q = quantize_blocks(&x, &shape, &grid, spec, store).unwrap();
+                        let (lo, hi) = t.range(symmetric);
+                        for_each_block(&shape, &grid, |e, b| {
+                            let want = quantize_three(x[e], q.params[b], lo, hi, store);
+                            assert_eq!(q.codes[e], want as u8, "{t:?} {symmetric} {grid:?} {e}");
+                        });
+                        let pool = |k| {
+                            rayon::ThreadPoolBuilder::new()
+                                .num_threads(k)
+                                .build()
+                                .unwrap()
+                        };
+                        let one =
+                            pool(1).install(|| quantize_blocks(&x, &shape, &grid, spec, store));
+                        let three =
+                            pool(3).install(|| quantize_blocks(&x, &shape, &grid, spec, store));
+                        let (one, three) = (one.unwrap(), three.unwrap());
+                        assert_eq!(one.sse.to_bits(), three.sse.to_bits());
+                        assert_eq!(one.signal.to_bits(), q.signal.to_bits());
+                        assert_eq!(one.codes, three.codes);
+                    }
+                }
+            }
+        }
     }
 }
