@@ -139,6 +139,18 @@ fn ct_facts(py: &Path, dir: &Path, jobs: &[(String, PathBuf, PathBuf)]) -> BTree
 /// at most coremltools'; the same weights are compressed. Returns (better, equal, SNR ours,
 /// SNR coremltools).
 fn compare(id: &str, run: &Run, ours: &Value, theirs: &Value) -> (usize, usize, f64, f64) {
+    compare_with(id, run, ours, theirs, true)
+}
+
+/// [`compare`], with the per-weight `sse <= coremltools'` check only when `per_weight` (vector
+/// k-means is a heuristic on both sides: there the bar is the total).
+fn compare_with(
+    id: &str,
+    run: &Run,
+    ours: &Value,
+    theirs: &Value,
+    per_weight: bool,
+) -> (usize, usize, f64, f64) {
     let o = ours["weights"].as_object().unwrap();
     let t = theirs["weights"].as_object().unwrap();
     let reported: BTreeMap<&str, &Value> = compressed(&run.report)
@@ -168,12 +180,12 @@ fn compare(id: &str, run: &Run, ours: &Value, theirs: &Value) -> (usize, usize, 
         assert_eq!(tw["compressed"], true, "{id}: {name}: only we compress it");
         let (so, st) = (ow["sse"].as_f64().unwrap(), tw["sse"].as_f64().unwrap());
         assert!(
-            so <= st * (1.0 + 1e-12),
+            !per_weight || so <= st * (1.0 + 1e-12),
             "{id}: {name}: our sse {so:e} > coremltools {st:e}"
         );
         if so < st {
             better += 1;
-        } else {
+        } else if so <= st * (1.0 + 1e-12) {
             equal += 1;
         }
         sse_o += so;
@@ -181,7 +193,10 @@ fn compare(id: &str, run: &Run, ours: &Value, theirs: &Value) -> (usize, usize, 
         sig += tw["sig"].as_f64().unwrap();
     }
     let n_t = t.values().filter(|w| w["compressed"] == true).count();
-    assert_eq!(better + equal, n_t, "{id}: compressed weights");
+    assert_eq!(reported.len(), n_t, "{id}: compressed weights");
+    if per_weight {
+        assert_eq!(better + equal, n_t, "{id}: compressed weights");
+    }
     (
         better,
         equal,
@@ -564,4 +579,184 @@ fn per_channel_scale_not_worse_than_coremltools() {
     }
     let named: Vec<(&str, &Run)> = cases.iter().map(|c| c.0).zip(&runs).collect();
     decompress_matches_coremltools(&py, tmp.path(), &named[..4]);
+}
+
+/// `--cluster-dim 2` (vector palettization), per tensor and at group size 16, against
+/// coremltools' `cluster_dim=2` (scikit-learn k-means++, one run): the same weights are
+/// compressed with the same op form and weight.bin size, coremltools decodes ours to the
+/// reported SNR, our total SNR is at least coremltools', `decompress` matches coremltools bit
+/// for bit and verify.py accepts the outputs. The seed changes the result, not its validity;
+/// the same seed gives the same bytes whatever --threads is.
+#[test]
+fn cluster_dim_not_worse_than_coremltools() {
+    let tmp = tempdir();
+    let base = fixture("tiny-sd-unet-ios18");
+    type Case<'a> = (&'a str, &'a [&'a str], Value);
+    let cases: [Case<'_>; 2] = [
+        (
+            "vec2-tensor",
+            &["--nbits", "4", "--cluster-dim", "2"],
+            json!({"nbits": 4, "cluster_dim": 2}),
+        ),
+        (
+            "vec2-gs16",
+            &["--nbits", "4", "--group-size", "16", "--cluster-dim", "2"],
+            json!({"nbits": 4, "cluster_dim": 2, "granularity": "per_grouped_channel", "group_size": 16}),
+        ),
+    ];
+    let mut runs = Vec::new();
+    for (id, args, _) in &cases {
+        let run = palettize(&base, &tmp.path().join(format!("{id}.mlpackage")), args);
+        let ws = compressed(&run.report);
+        assert_eq!(ws.len(), 81, "{id}: compressed weights");
+        for w in &ws {
+            assert_eq!(w["cluster_dim"], 2, "{id}");
+            let numel: u64 = w["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap())
+                .product();
+            let g = w["groups"].as_u64().unwrap();
+            // One 4-bit index per pair, 16 fp16 pairs per LUT.
+            assert_eq!(w["value_bits"].as_u64(), Some(numel / 2 * 4), "{id}");
+            assert_eq!(w["lut_bits"].as_u64(), Some(g * 16 * 2 * 16), "{id}");
+        }
+        let ops = op_types(&run.out);
+        assert_eq!(ops.get("constexpr_lut_to_dense"), Some(&81), "{id}");
+        runs.push(run);
+    }
+    // Determinism across thread counts, and the seed is used.
+    let one = palettize(
+        &base,
+        &tmp.path().join("t1.mlpackage"),
+        &["--nbits", "4", "--cluster-dim", "2", "--threads", "1"],
+    );
+    assert_eq!(tree_contents(&one.out), tree_contents(&runs[0].out));
+    let other = palettize(
+        &base,
+        &tmp.path().join("s7.mlpackage"),
+        &["--nbits", "4", "--cluster-dim", "2", "--seed", "7"],
+    );
+    assert_ne!(tree_contents(&other.out), tree_contents(&runs[0].out));
+    let Some(py) = python() else { return };
+    let mut jobs = Vec::new();
+    for ((id, _, cfg), run) in cases.iter().zip(&runs) {
+        let recipe = json!([{"fn": "palettize_weights", "config": cfg}]);
+        let ct = coremltools_made(
+            &py,
+            &base,
+            &tmp.path().join(format!("{id}.ct.mlpackage")),
+            recipe,
+        );
+        jobs.push((format!("{id}/ours"), run.out.clone(), base.clone()));
+        jobs.push((format!("{id}/coremltools"), ct, base.clone()));
+    }
+    let facts = ct_facts(&py, tmp.path(), &jobs);
+    for ((id, ..), run) in cases.iter().zip(&runs) {
+        let ours = &facts[&format!("{id}/ours")];
+        let theirs = &facts[&format!("{id}/coremltools")];
+        let (better, _, snr_o, snr_t) = compare_with(id, run, ours, theirs, false);
+        println!(
+            "{id}: {better} of 81 weights better; SNR ours {snr_o:.3} dB, coremltools {snr_t:.3} dB; weight.bin ours {}, coremltools {}",
+            ours["weight_bin_bytes"], theirs["weight_bin_bytes"]
+        );
+        assert!(
+            snr_o >= snr_t,
+            "{id}: total SNR {snr_o} < coremltools {snr_t}"
+        );
+        assert_eq!(
+            ours["weight_bin_bytes"], theirs["weight_bin_bytes"],
+            "{id}: weight.bin size"
+        );
+        oracle_accepts(&py, id, &run.out, &base, 81);
+    }
+    let named: Vec<(&str, &Run)> = cases.iter().map(|c| c.0).zip(&runs).collect();
+    decompress_matches_coremltools(&py, tmp.path(), &named);
+}
+
+/// `--cluster-dim` refusals: one error line naming the model, exit 2, nothing written, for a
+/// mode other than kmeans, a quantized LUT, a pruned input, and an iOS17 model without
+/// `--upgrade-opset` (plus its hint); and a weight whose channels (or group size) the cluster
+/// dim does not divide is skipped with the reason, the others compressed.
+#[test]
+fn cluster_dim_refusals_and_skips() {
+    let tmp = tempdir();
+    let out = tmp.path().join("o.mlpackage");
+    let cases: [(&str, &[&str], &str); 4] = [
+        ("tiny-sd-unet-ios18", &["--mode", "uniform"], "kmeans"),
+        (
+            "tiny-sd-unet-ios18",
+            &["--lut-dtype", "int8"],
+            "does not combine",
+        ),
+        ("tiny-sd-unet-ios18.prune0.4", &[], "pruned"),
+        ("tiny-sd-unet", &[], "iOS18"),
+    ];
+    for (model, extra, needle) in cases {
+        let o = sdcompress()
+            .args(["palettize", "--nbits", "4", "--cluster-dim", "2"])
+            .args(extra)
+            .arg(fixture(model))
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{model} {extra:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        let first = err.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("error: ") && first.contains(model) && first.contains(needle),
+            "{model} {extra:?}: {err}"
+        );
+        assert_nothing_written(&out);
+    }
+    // Cluster dim 3: the fixture's channel counts (48, 96, 192, ...) are multiples of 3 except
+    // the 4-channel output conv's. At group size 16 (which divides them, so no fallback
+    // applies) no group is a multiple of 3: every weight is skipped.
+    let run = palettize(
+        &fixture("tiny-sd-unet-ios18"),
+        &tmp.path().join("d3.mlpackage"),
+        &["--nbits", "2", "--cluster-dim", "3"],
+    );
+    let ws = run.report["weights"].as_array().unwrap();
+    let mut skipped_dim = 0;
+    for w in ws {
+        let chans = w["shape"][0].as_u64().unwrap_or(0);
+        if w["skipped"].is_null() {
+            assert_eq!(chans % 3, 0, "{}", w["name"]);
+            assert_eq!(w["cluster_dim"], 3);
+        } else if w["skipped"]
+            .as_str()
+            .unwrap()
+            .starts_with("channels not divisible by cluster dim")
+        {
+            assert_ne!(chans % 3, 0, "{}", w["name"]);
+            skipped_dim += 1;
+        }
+    }
+    assert!(
+        skipped_dim >= 1,
+        "some weight has channels not divisible by 3"
+    );
+    assert!(!compressed(&run.report).is_empty());
+    let run = palettize(
+        &fixture("tiny-sd-unet-ios18"),
+        &tmp.path().join("d3g.mlpackage"),
+        &[
+            "--nbits",
+            "2",
+            "--cluster-dim",
+            "3",
+            "--group-size",
+            "16",
+            "--group-size-fallback",
+            "skip",
+        ],
+    );
+    let names: Vec<&Value> = compressed(&run.report).iter().map(|w| &w["name"]).collect();
+    assert!(
+        names.is_empty(),
+        "compressed with group size 16 and cluster dim 3: {names:?}"
+    );
 }

@@ -308,8 +308,9 @@ pub struct CommonCompressArgs {
     /// Worker threads (default: all cores). The output does not depend on it.
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
-    /// Seed for any randomised step (recorded in the report; the k-means
-    /// used here is exact and does not depend on it).
+    /// Seed for any randomised step (recorded in the report). Only the
+    /// vector k-means of palettize --cluster-dim uses it; the scalar
+    /// k-means is exact and does not depend on it.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
@@ -335,6 +336,14 @@ pub struct PalettizeArgs {
     /// 'output' (one scale per output channel; smaller for conv weights).
     #[arg(long, value_enum, requires = "per_channel_scale")]
     pub scale_axis: Option<ScaleAxisArg>,
+    /// Vector palettization (iOS18): each LUT entry is a vector of D
+    /// consecutive output channels, found by k-means in D dimensions
+    /// (k-means++ seeds from --seed, Lloyd to convergence, best of 3).
+    /// D must divide the channel count and the group size, else the weight
+    /// is skipped. kmeans mode only; not with --lut-dtype,
+    /// --per-channel-scale or pruned input.
+    #[arg(long, value_name = "D", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub cluster_dim: Option<u32>,
 }
 
 /// Values of --scale-axis.

@@ -85,6 +85,7 @@ fn lut_entry(l: &args::LutArgs, weight_threshold: Option<usize>) -> Result<Palet
         lut_dtype: None,
         per_channel_scale: None,
         scale_axis: None,
+        cluster_dim: None,
     };
     if e.granularity == Some(Granularity::PerTensor) && e.group_size.is_some() {
         anyhow::bail!("--group-size contradicts --granularity per-tensor");

@@ -25,6 +25,7 @@ pub fn run(a: PalettizeArgs, quiet: bool) -> Result<u8> {
         super::args::LutDTypeArg::Uint8 => LutDType::Uint8,
     });
     flags.per_channel_scale = a.per_channel_scale.then_some(true);
+    flags.cluster_dim = a.cluster_dim.map(|d| d as usize);
     flags.scale_axis = a.scale_axis.map(|x| match x {
         super::args::ScaleAxisArg::Input => ScaleAxis::Input,
         super::args::ScaleAxisArg::Output => ScaleAxis::Output,
@@ -36,6 +37,7 @@ pub fn run(a: PalettizeArgs, quiet: bool) -> Result<u8> {
         selection,
         upgrade_opset: c.upgrade_opset || c.target.is_some(),
         min_spec: super::min_spec(c),
+        seed: c.seed,
     };
     let pkg = Package::open(&c.model)?;
     let mut pass =
@@ -52,6 +54,7 @@ pub fn run(a: PalettizeArgs, quiet: bool) -> Result<u8> {
         "per_channel_scale": global.per_channel_scale.unwrap_or(false),
         "scale_axis": global.per_channel_scale.unwrap_or(false)
             .then(|| global.scale_axis.unwrap_or(ScaleAxis::Input)),
+        "cluster_dim": global.cluster_dim.unwrap_or(1),
         "include": c.include, "exclude": c.exclude, "op_types": c.op_types,
         "config": c.config.as_ref().map(|p| p.display().to_string()),
         "target": pass.out_target.ios,

@@ -70,6 +70,9 @@ pub struct PalettizeEntry {
     /// Which positions share a scale: `input` (default, coremltools') or
     /// `output`.
     pub scale_axis: Option<ScaleAxis>,
+    /// Vector palettization: LUT entries are vectors of this many
+    /// consecutive channels (coremltools' `cluster_dim`; 1 = scalar).
+    pub cluster_dim: Option<usize>,
 }
 
 /// The layout of per-channel scales (`--scale-axis`).
@@ -112,6 +115,7 @@ impl Entry for PalettizeEntry {
             lut_dtype: self.lut_dtype.or(base.lut_dtype),
             per_channel_scale: self.per_channel_scale.or(base.per_channel_scale),
             scale_axis: self.scale_axis.or(base.scale_axis),
+            cluster_dim: self.cluster_dim.or(base.cluster_dim),
         }
     }
 }
@@ -208,6 +212,7 @@ impl PruneEntry {
             lut_dtype: None,
             per_channel_scale: None,
             scale_axis: None,
+            cluster_dim: None,
         }))
     }
 }

@@ -202,6 +202,11 @@ pub struct Lut {
     /// than `axis` (per-channel scales along other axes); `groups` is then
     /// the product.
     pub grid: Option<Vec<usize>>,
+    /// Entries per LUT slot: 1, or the vector length of vector
+    /// palettization (iOS18), whose vectors run along `axis`: `indices`
+    /// then has the weight's shape with `axis` divided by `vector`, and
+    /// `lut` holds `groups · 2^nbits · vector` values.
+    pub vector: usize,
 }
 
 /// LUT entries stored through `constexpr_blockwise_shift_scale`, one scale
@@ -225,8 +230,8 @@ pub struct LutStored {
 }
 
 impl Lut {
-    /// The iOS18 LUT shape `[g0, …, g(K-1), 2^nbits, 1]` with `groups` on
-    /// `axis`.
+    /// The iOS18 LUT shape `[g0, …, g(K-1), 2^nbits, vector]` with
+    /// `groups` on `axis`.
     fn shape(&self, rank: usize) -> Vec<usize> {
         let mut s = vec![1usize; rank + 2];
         match &self.grid {
@@ -234,6 +239,14 @@ impl Lut {
             None => s[self.axis] = self.groups,
         }
         s[rank] = 1 << self.nbits;
+        s[rank + 1] = self.vector;
+        s
+    }
+
+    /// The shape of the indices of a weight of `shape`.
+    fn indices_shape(&self, shape: &[usize]) -> Vec<usize> {
+        let mut s = shape.to_vec();
+        s[self.axis] /= self.vector;
         s
     }
 
@@ -336,13 +349,22 @@ pub fn lut_to_dense(
     let mut inputs = BTreeMap::new();
     let mut ops = Vec::new();
     if em.ios18() {
-        let idx = em.indices_value(l.nbits, shape, &l.indices)?;
+        let idx = em.indices_value(l.nbits, &l.indices_shape(shape), &l.indices)?;
         inputs.insert("indices".to_string(), inline_arg(idx));
         let (arg, op) = l.lut_input(em, dtype, shape.len(), scale_op)?;
         inputs.insert("lut".to_string(), arg);
+        if l.vector > 1 {
+            let axis = Tensor {
+                dtype: DType::Int32,
+                shape: vec![],
+                data: Data::I32(vec![l.axis as i32]),
+            };
+            inputs.insert("vector_axis".to_string(), inline_arg(em.immediate(&axis)?));
+        }
         ops.extend(op);
     } else {
         debug_assert!(l.stored.is_none(), "scaled LUTs are iOS18 only");
+        debug_assert!(l.vector == 1, "vector LUTs are iOS18 only");
         // iOS16 form: packed indices as a flat uint8 vector, a rank-1 LUT
         // and the shape as uint32, all as attributes.
         let packed = bits::pack_par(&l.indices, l.nbits);

@@ -20,6 +20,7 @@ use crate::kernels::palettize::{
     palettize_scaled, quantize_lut, row_scale, Element, GroupError, GroupError2, Mode, ScaledGroup,
 };
 use crate::kernels::quantize::{QType, Spec};
+use crate::kernels::vkmeans::kmeans_vectors;
 use crate::mil::value::BlobFiles;
 use crate::mil::DType;
 use crate::mil::{Data, FunctionIndex, Tensor};
@@ -54,6 +55,8 @@ pub struct Settings {
     pub per_channel_scale: bool,
     /// Their layout.
     pub scale_axis: ScaleAxis,
+    /// Vector length of vector palettization (1 = scalar LUTs).
+    pub cluster_dim: usize,
 }
 
 /// A weight's LUT settings and grouping axis.
@@ -76,6 +79,8 @@ pub struct PalettizeOptions {
     pub upgrade_opset: bool,
     /// Minimum deployment target requested (spec version).
     pub min_spec: Option<i32>,
+    /// Seed of the vector k-means (the scalar one is exact and needs none).
+    pub seed: u64,
 }
 
 /// Fully resolved settings, or the reason a setting is invalid.
@@ -103,6 +108,22 @@ pub fn settings(e: &PalettizeEntry) -> Result<Settings, String> {
     if e.per_channel_scale == Some(true) && mode != Mode::Kmeans {
         return Err("per-channel scale needs kmeans mode".into());
     }
+    let cluster_dim = e.cluster_dim.unwrap_or(1);
+    if cluster_dim == 0 {
+        return Err("cluster dim must be positive".into());
+    }
+    if cluster_dim > 1 {
+        if mode != Mode::Kmeans {
+            return Err(format!(
+                "vector palettization (cluster dim {cluster_dim}) needs kmeans mode"
+            ));
+        }
+        if e.lut_dtype.is_some() || e.per_channel_scale == Some(true) {
+            return Err(format!(
+                "vector palettization (cluster dim {cluster_dim}) does not combine with quantized LUTs or per-channel scales"
+            ));
+        }
+    }
     Ok(Settings {
         mode,
         nbits,
@@ -115,6 +136,7 @@ pub fn settings(e: &PalettizeEntry) -> Result<Settings, String> {
         lut_dtype: e.lut_dtype,
         per_channel_scale: e.per_channel_scale.unwrap_or(false),
         scale_axis: e.scale_axis.unwrap_or(ScaleAxis::Input),
+        cluster_dim,
     })
 }
 
@@ -158,19 +180,33 @@ pub fn lut_decision(
         },
     };
     let chans = w.shape[axis];
+    let cd = s.cluster_dim;
+    if chans % cd != 0 {
+        return Ok(Decision::Skip(format!(
+            "channels not divisible by cluster dim ({chans} on axis {axis}, cluster dim {cd})"
+        )));
+    }
     if s.granularity == Granularity::PerGroupedChannel
         && chans % s.group_size != 0
         && s.group_size_fallback == GroupSizeFallback::Divisor
     {
-        // The largest divisor of the channel count not above the request:
+        // The largest divisor of the channel count not above the request
+        // (and a multiple of the cluster dim, which must divide a group):
         // groups stay as small as asked (never coarser), and the weight is
         // compressed instead of left at full size.
-        let g = (1..=s.group_size.min(chans))
+        if let Some(g) = (1..=s.group_size.min(chans))
             .rev()
-            .find(|d| chans % d == 0)
-            .expect("1 divides everything");
-        s.requested_group_size = Some(s.group_size);
-        s.group_size = g;
+            .find(|d| chans % d == 0 && d % cd == 0)
+        {
+            s.requested_group_size = Some(s.group_size);
+            s.group_size = g;
+        }
+    }
+    if s.granularity == Granularity::PerGroupedChannel && s.group_size % cd != 0 {
+        return Ok(Decision::Skip(format!(
+            "group size {} is not a multiple of cluster dim {cd}",
+            s.group_size
+        )));
     }
     if s.granularity == Granularity::PerGroupedChannel && chans % s.group_size != 0 {
         return Ok(Decision::Skip(format!(
@@ -184,6 +220,9 @@ pub fn lut_decision(
 /// Why a LUT plan needs the iOS18 opset, if it does.
 pub fn lut_ios18_reason(p: &LutPlan) -> Option<&'static str> {
     let s = &p.settings;
+    if s.cluster_dim > 1 {
+        return Some("vector palettization (--cluster-dim)");
+    }
     if s.lut_dtype.is_some() || s.per_channel_scale {
         return Some("quantized LUT entries and per-channel scales");
     }
@@ -235,6 +274,7 @@ pub fn lut_detail(p: &LutPlan, l: &Lut) -> serde_json::Map<String, serde_json::V
         "groups": l.groups,
         "lut_dtype": p.settings.lut_dtype,
         "per_channel_scale": p.settings.per_channel_scale,
+        "cluster_dim": p.settings.cluster_dim,
     }) else {
         unreachable!("an object literal")
     };
@@ -259,6 +299,7 @@ pub fn sparsity_detail(keep: &[bool]) -> serde_json::Map<String, serde_json::Val
 pub struct Palettize {
     config: OptimizationConfig,
     selection: Selection,
+    seed: u64,
 }
 
 impl Palettize {
@@ -273,6 +314,7 @@ impl Palettize {
         let pass = Palettize {
             config: opts.config.clone(),
             selection: opts.selection.clone(),
+            seed: opts.seed,
         };
         let target = TargetOptions {
             upgrade_opset: opts.upgrade_opset,
@@ -302,7 +344,16 @@ impl WeightPass for Palettize {
         let Some(entry) = self.config.resolve(&w.const_name, &consumers)? else {
             return Ok(Decision::Skip("disabled by config".into()));
         };
-        lut_decision(index, w, blobs, &entry)
+        let d = lut_decision(index, w, blobs, &entry)?;
+        if let Decision::Do(p) = &d {
+            if p.settings.cluster_dim > 1 && w.source == Source::Sparse {
+                return Err(format!(
+                    "{} is pruned: vector palettization (cluster dim {}) of sparse weights is not supported",
+                    w.const_name, p.settings.cluster_dim
+                ));
+            }
+        }
+        Ok(d)
     }
 
     fn ios18_reason(&self, w: &Weight, s: &LutPlan) -> Option<&'static str> {
@@ -313,7 +364,11 @@ impl WeightPass for Palettize {
     }
 
     fn compute(&self, input: WeightData, p: &LutPlan) -> Result<Compressed, String> {
-        let (lut, e) = palettize_weight(&input.tensor, input.keep.as_deref(), p)?;
+        let (lut, e) = if p.settings.cluster_dim > 1 {
+            palettize_vectors(&input.tensor, p, self.seed)?
+        } else {
+            palettize_weight(&input.tensor, input.keep.as_deref(), p)?
+        };
         let mut detail = lut_detail(p, &lut);
         if let Some(k) = &input.keep {
             detail.extend(sparsity_detail(k));
@@ -330,6 +385,124 @@ impl WeightPass for Palettize {
             detail,
         })
     }
+}
+
+/// Restarts of the vector k-means (k-means++ seeds from `--seed`); the best
+/// of them is kept. coremltools runs scikit-learn once (`n_init=1`).
+const VECTOR_RESTARTS: usize = 3;
+
+/// Vector palettization of a dense weight (`--cluster-dim D`, iOS18): the
+/// points are the D-vectors of consecutive channels along the plan's axis
+/// at each other position; each group of `group_size` channels (or the
+/// whole tensor) gets a LUT of `2^nbits` D-vector entries from
+/// [`kmeans_vectors`]. The centroids are rounded to the weight's dtype and
+/// every vector then takes its nearest rounded entry (lowest on ties), so
+/// rounding never leaves a vector on a worse entry than the one its
+/// cluster's mean gave. Groups run in parallel; the result depends only on
+/// the inputs and `seed`.
+pub fn palettize_vectors(t: &Tensor, p: &LutPlan, seed: u64) -> Result<(Lut, GroupError2), String> {
+    match &t.data {
+        Data::F16(x) => vector_lut::<f16>(x, &t.shape, p, seed, Data::F16),
+        Data::F32(x) => vector_lut::<f32>(x, &t.shape, p, seed, Data::F32),
+        _ => Err(format!("dtype {} is not fp16/fp32", t.dtype)),
+    }
+}
+
+fn vector_lut<T: Element>(
+    x: &[T],
+    shape: &[usize],
+    p: &LutPlan,
+    seed: u64,
+    wrap: fn(Vec<T>) -> Data,
+) -> Result<(Lut, GroupError2), String> {
+    let s = &p.settings;
+    let d = s.cluster_dim;
+    let nbits = s.nbits.ok_or("vector palettization needs --nbits")?;
+    let k = 1usize << nbits;
+    let (outer, chans, inner) = split_axis(shape, p.axis);
+    let gs = match s.granularity {
+        Granularity::PerTensor => chans,
+        Granularity::PerGroupedChannel => s.group_size,
+    };
+    if d == 0 || chans % gs != 0 || gs % d != 0 {
+        return Err(format!(
+            "cluster dim {d} does not divide group size {gs} of {chans} channels"
+        ));
+    }
+    if x.iter().any(|v| !v.to_f64().is_finite()) {
+        return Err("contains NaN or infinity".into());
+    }
+    let groups = chans / gs;
+    let blocks = chans / d; // channel blocks: the indices' extent on the axis
+    let per = gs / d; // channel blocks per group
+    let at = |o: usize, b: usize, i: usize, j: usize| x[(o * chans + b * d + j) * inner + i];
+    let results: Vec<(Vec<T>, Vec<u8>, GroupError2)> = (0..groups)
+        .into_par_iter()
+        .map(|g| {
+            let mut pts = Vec::with_capacity(outer * per * inner * d);
+            for o in 0..outer {
+                for b in g * per..(g + 1) * per {
+                    for i in 0..inner {
+                        pts.extend((0..d).map(|j| at(o, b, i, j).to_f64()));
+                    }
+                }
+            }
+            let gseed = seed ^ (g as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let c = kmeans_vectors(&pts, d, k, gseed, VECTOR_RESTARTS);
+            let mut lut: Vec<T> = c.centroids.iter().map(|&v| T::from_f64(v)).collect();
+            lut.resize(k * d, T::ZERO);
+            let entries: Vec<f64> = lut.iter().map(|v| v.to_f64()).collect();
+            let mut idx = Vec::with_capacity(pts.len() / d);
+            let mut e = GroupError2::default();
+            for v in pts.chunks_exact(d) {
+                let (mut best, mut best_d) = (0usize, f64::INFINITY);
+                for (m, c) in entries.chunks_exact(d).enumerate() {
+                    let dist: f64 = v.iter().zip(c).map(|(a, b)| (a - b) * (a - b)).sum();
+                    if dist < best_d {
+                        best = m;
+                        best_d = dist;
+                    }
+                }
+                idx.push(best as u8);
+                for (a, b) in v.iter().zip(&entries[best * d..(best + 1) * d]) {
+                    e.signal += a * a;
+                    e.sse += (a - b) * (a - b);
+                    e.max_abs = e.max_abs.max((a - b).abs());
+                }
+            }
+            (lut, idx, e)
+        })
+        .collect();
+    // Indices in the row-major order of [outer, blocks, inner].
+    let mut indices = vec![0u8; outer * blocks * inner];
+    let mut luts = Vec::with_capacity(groups * k * d);
+    let mut error = GroupError2::default();
+    for (g, (lut, idx, e)) in results.into_iter().enumerate() {
+        let mut n = 0;
+        for o in 0..outer {
+            for b in g * per..(g + 1) * per {
+                let row = (o * blocks + b) * inner;
+                indices[row..row + inner].copy_from_slice(&idx[n..n + inner]);
+                n += inner;
+            }
+        }
+        luts.extend(lut);
+        error.add(&e);
+    }
+    Ok((
+        Lut {
+            nbits,
+            groups,
+            axis: p.axis,
+            group_size: gs,
+            indices,
+            lut: wrap(luts),
+            stored: None,
+            grid: None,
+            vector: d,
+        },
+        error,
+    ))
 }
 
 /// Splits `shape` around `axis`: (outer, channels, inner).
@@ -426,6 +599,7 @@ impl<T: Element> Palettized<T> {
                 lut: wrap(self.lut),
                 stored,
                 grid: self.grid,
+                vector: 1,
             },
             self.error,
         )

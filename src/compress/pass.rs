@@ -513,10 +513,12 @@ fn storage_detail(w: &Weight, c: &Compressed) -> serde_json::Map<String, serde_j
     let dtype_bits = u64::from(w.dtype.bits());
     let mask_bits = if c.keep.is_some() { numel as u64 } else { 0 };
     let (value_bits, lut_bits) = match (&c.lut, &c.quant) {
+        // A vector LUT has one index per `vector` elements and `vector`
+        // values per entry.
         (Some(l), _) => (
-            kept as u64 * u64::from(l.nbits),
+            (kept / l.vector) as u64 * u64::from(l.nbits),
             match &l.stored {
-                None => ((l.groups as u64) << l.nbits) * dtype_bits,
+                None => ((l.groups as u64) << l.nbits) * l.vector as u64 * dtype_bits,
                 // Stored entries, plus a scale (and offset) per LUT.
                 Some(st) => {
                     let g = l.groups as u64;
@@ -692,6 +694,7 @@ mod tests {
                 lut: Data::F16(vec![f16::ZERO; groups << nbits]),
                 stored: None,
                 grid: None,
+                vector: 1,
             }),
             quant: None,
             metrics: Metrics::default(),
