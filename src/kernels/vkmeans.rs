@@ -1,6 +1,6 @@
-//! k-means in `d` dimensions, for vector palettization (`--cluster-dim`,
-//! not wired to the command yet): LUT entries are `d`-vectors, and the
-//! objective is the squared Euclidean error over whole vectors.
+//! k-means in `d` dimensions, for vector palettization (`palettize
+//! --cluster-dim`): LUT entries are `d`-vectors, and the objective is the
+//! squared Euclidean error over whole vectors.
 //!
 //! Unlike one dimension there is no exact polynomial algorithm, so this is
 //! Lloyd's algorithm from k-means++ seeds (Arthur & Vassilvitskii 2007), run
@@ -43,6 +43,7 @@ fn dist2(a: &[f64], b: &[f64]) -> f64 {
 }
 
 /// Nearest centroid of `p` (lowest index on ties) and its squared distance.
+#[cfg(test)]
 fn nearest(p: &[f64], centroids: &[f64], d: usize) -> (usize, f64) {
     let mut best = (0, f64::INFINITY);
     for (j, c) in centroids.chunks_exact(d).enumerate() {
@@ -90,7 +91,96 @@ fn seed_plus_plus(points: &[f64], d: usize, k: usize, rng: &mut SplitMix64) -> V
 
 /// Lloyd's algorithm from `centroids` until no assignment changes (or
 /// `max_iter` rounds). An emptied cluster keeps its centroid.
+/// Lloyd's algorithm with Hamerly's bounds (Hamerly 2010): per point an
+/// upper bound on the distance to its centroid and a lower bound on the
+/// distance to any other; after the centroids move, the bounds move by the
+/// distances moved, and a point whose upper bound stays below its lower
+/// bound keeps its centroid without computing any distance. The
+/// assignments, and so the iterations and the result, are those of plain
+/// Lloyd (tested): the skip test carries a relative margin far above the
+/// rounding of the bounds, and every other point is assigned exactly as
+/// plain Lloyd does it (nearest, lowest index on ties).
 fn lloyd(points: &[f64], d: usize, mut centroids: Vec<f64>, max_iter: usize) -> VecClustering {
+    const MARGIN: f64 = 1e-9;
+    let n = points.len() / d;
+    let k = centroids.len() / d;
+    let mut assign = vec![u32::MAX; n];
+    let mut upper = vec![f64::INFINITY; n];
+    let mut lower = vec![0f64; n];
+    let mut first = true;
+    for _ in 0..max_iter {
+        let mut changed = false;
+        for (i, p) in points.chunks_exact(d).enumerate() {
+            if !first && upper[i] * (1.0 + MARGIN) + 1e-300 < lower[i] {
+                continue;
+            }
+            // Exact pass for this point: nearest and second nearest.
+            let (mut best, mut b1, mut b2) = (0usize, f64::INFINITY, f64::INFINITY);
+            for (j, c) in centroids.chunks_exact(d).enumerate() {
+                let e = dist2(p, c);
+                if e < b1 {
+                    b2 = b1;
+                    b1 = e;
+                    best = j;
+                } else if e < b2 {
+                    b2 = e;
+                }
+            }
+            upper[i] = b1.sqrt();
+            lower[i] = b2.sqrt();
+            if assign[i] != best as u32 {
+                assign[i] = best as u32;
+                changed = true;
+            }
+        }
+        first = false;
+        if !changed {
+            break;
+        }
+        let mut sum = vec![0f64; k * d];
+        let mut count = vec![0usize; k];
+        for (p, &a) in points.chunks_exact(d).zip(&assign) {
+            let a = a as usize;
+            count[a] += 1;
+            for (s, x) in sum[a * d..(a + 1) * d].iter_mut().zip(p) {
+                *s += x;
+            }
+        }
+        let mut moved = vec![0f64; k];
+        for j in 0..k {
+            if count[j] > 0 {
+                let old = centroids[j * d..(j + 1) * d].to_vec();
+                for t in 0..d {
+                    centroids[j * d + t] = sum[j * d + t] / count[j] as f64;
+                }
+                moved[j] = dist2(&old, &centroids[j * d..(j + 1) * d]).sqrt();
+            }
+        }
+        let max_moved = moved.iter().copied().fold(0f64, f64::max);
+        for (i, &a) in assign.iter().enumerate() {
+            upper[i] += moved[a as usize];
+            lower[i] -= max_moved;
+        }
+    }
+    let sse = points
+        .chunks_exact(d)
+        .zip(&assign)
+        .map(|(p, &a)| dist2(p, &centroids[a as usize * d..(a as usize + 1) * d]))
+        .sum();
+    VecClustering {
+        centroids,
+        assign,
+        sse,
+    }
+}
+
+#[cfg(test)]
+fn lloyd_plain(
+    points: &[f64],
+    d: usize,
+    mut centroids: Vec<f64>,
+    max_iter: usize,
+) -> VecClustering {
     let n = points.len() / d;
     let k = centroids.len() / d;
     let mut assign = vec![u32::MAX; n];
@@ -233,6 +323,47 @@ mod tests {
             }
             let one = kmeans_vectors(&pts, d, k, 7, 1);
             assert!(c.sse <= one.sse);
+        }
+    }
+
+    /// Hamerly's bounds skip distance computations but not decisions: from
+    /// the same seeds the accelerated and the plain Lloyd give the same
+    /// assignments, centroids and error, on clouds, on clustered points,
+    /// on points with many duplicates and on grids full of ties.
+    #[test]
+    fn bounds_give_plain_lloyd() {
+        let mut sets: Vec<(Vec<f64>, usize)> = vec![
+            (cloud(2000, 2, 3), 2),
+            (cloud(1500, 4, 5), 4),
+            (cloud(800, 1, 9), 1),
+        ];
+        // Integer grid (exact ties between centroids and points).
+        sets.push((
+            (0..900)
+                .flat_map(|i| [f64::from(i % 30), f64::from(i / 30)])
+                .collect(),
+            2,
+        ));
+        // Heavy duplicates: 10 distinct points repeated.
+        let base = cloud(10, 2, 11);
+        sets.push((
+            (0..1000)
+                .flat_map(|i| base[(i % 10) * 2..(i % 10) * 2 + 2].to_vec())
+                .collect(),
+            2,
+        ));
+        for (pts, d) in &sets {
+            for k in [2usize, 4, 16] {
+                for seed in 0..3u64 {
+                    let mut rng = SplitMix64(seed);
+                    let init = seed_plus_plus(pts, *d, k.min(pts.len() / d), &mut rng);
+                    let a = lloyd(pts, *d, init.clone(), 300);
+                    let b = lloyd_plain(pts, *d, init, 300);
+                    assert_eq!(a.assign, b.assign, "d {d} k {k} seed {seed}");
+                    assert_eq!(a.centroids, b.centroids, "d {d} k {k} seed {seed}");
+                    assert_eq!(a.sse.to_bits(), b.sse.to_bits());
+                }
+            }
         }
     }
 }
