@@ -171,21 +171,11 @@ pub fn dequantize(q: i32, p: Params, store: Store) -> f32 {
 /// round to ±∞ or are not finite go through `half`.
 #[inline(always)]
 pub fn round_to_f16(v: f32) -> f32 {
-    const MIN_NORMAL: f32 = 6.103_515_6e-5; // 2^-14
     let a = v.abs();
     if a.is_nan() || a >= 65504.0 {
         return half::f16::from_f32(v).to_f32();
     }
-    // Both forms are computed and one is selected, without a branch: which
-    // one applies flips often for weights near zero.
-    let sub = ((a + 0.75) - 0.75).copysign(v);
-    let b = v.to_bits();
-    let norm = f32::from_bits((b + 0x0FFF + ((b >> 13) & 1)) & !0x1FFF);
-    if a < MIN_NORMAL {
-        sub
-    } else {
-        norm
-    }
+    round_to_f16_finite(v)
 }
 
 /// `x` rounded to the nearest integer, ties to even, for |x| ≤ 2^51

@@ -91,6 +91,33 @@ fn seed_plus_plus(points: &[f64], d: usize, k: usize, rng: &mut SplitMix64) -> V
 
 /// Lloyd's algorithm from `centroids` until no assignment changes (or
 /// `max_iter` rounds). An emptied cluster keeps its centroid.
+/// Moves each centroid to the mean of its points (sums in point order; a
+/// centroid without points stays) and returns how far each moved.
+fn update_centroids(points: &[f64], d: usize, assign: &[u32], centroids: &mut [f64]) -> Vec<f64> {
+    let k = centroids.len() / d;
+    let mut sum = vec![0f64; k * d];
+    let mut count = vec![0usize; k];
+    for (p, &a) in points.chunks_exact(d).zip(assign) {
+        let a = a as usize;
+        count[a] += 1;
+        for (s, x) in sum[a * d..(a + 1) * d].iter_mut().zip(p) {
+            *s += x;
+        }
+    }
+    let mut moved = vec![0f64; k];
+    for j in 0..k {
+        if count[j] > 0 {
+            let c = &mut centroids[j * d..(j + 1) * d];
+            let old = c.to_vec();
+            for (t, x) in c.iter_mut().enumerate() {
+                *x = sum[j * d + t] / count[j] as f64;
+            }
+            moved[j] = dist2(&old, c).sqrt();
+        }
+    }
+    moved
+}
+
 /// Lloyd's algorithm with Hamerly's bounds (Hamerly 2010): per point an
 /// upper bound on the distance to its centroid and a lower bound on the
 /// distance to any other; after the centroids move, the bounds move by the
@@ -103,7 +130,6 @@ fn seed_plus_plus(points: &[f64], d: usize, k: usize, rng: &mut SplitMix64) -> V
 fn lloyd(points: &[f64], d: usize, mut centroids: Vec<f64>, max_iter: usize) -> VecClustering {
     const MARGIN: f64 = 1e-9;
     let n = points.len() / d;
-    let k = centroids.len() / d;
     let mut assign = vec![u32::MAX; n];
     let mut upper = vec![f64::INFINITY; n];
     let mut lower = vec![0f64; n];
@@ -137,25 +163,7 @@ fn lloyd(points: &[f64], d: usize, mut centroids: Vec<f64>, max_iter: usize) -> 
         if !changed {
             break;
         }
-        let mut sum = vec![0f64; k * d];
-        let mut count = vec![0usize; k];
-        for (p, &a) in points.chunks_exact(d).zip(&assign) {
-            let a = a as usize;
-            count[a] += 1;
-            for (s, x) in sum[a * d..(a + 1) * d].iter_mut().zip(p) {
-                *s += x;
-            }
-        }
-        let mut moved = vec![0f64; k];
-        for j in 0..k {
-            if count[j] > 0 {
-                let old = centroids[j * d..(j + 1) * d].to_vec();
-                for t in 0..d {
-                    centroids[j * d + t] = sum[j * d + t] / count[j] as f64;
-                }
-                moved[j] = dist2(&old, &centroids[j * d..(j + 1) * d]).sqrt();
-            }
-        }
+        let moved = update_centroids(points, d, &assign, &mut centroids);
         let max_moved = moved.iter().copied().fold(0f64, f64::max);
         for (i, &a) in assign.iter().enumerate() {
             upper[i] += moved[a as usize];
@@ -182,7 +190,6 @@ fn lloyd_plain(
     max_iter: usize,
 ) -> VecClustering {
     let n = points.len() / d;
-    let k = centroids.len() / d;
     let mut assign = vec![u32::MAX; n];
     for _ in 0..max_iter {
         let mut changed = false;
@@ -196,22 +203,7 @@ fn lloyd_plain(
         if !changed {
             break;
         }
-        let mut sum = vec![0f64; k * d];
-        let mut count = vec![0usize; k];
-        for (p, &a) in points.chunks_exact(d).zip(&assign) {
-            let a = a as usize;
-            count[a] += 1;
-            for (s, x) in sum[a * d..(a + 1) * d].iter_mut().zip(p) {
-                *s += x;
-            }
-        }
-        for j in 0..k {
-            if count[j] > 0 {
-                for t in 0..d {
-                    centroids[j * d + t] = sum[j * d + t] / count[j] as f64;
-                }
-            }
-        }
+        update_centroids(points, d, &assign, &mut centroids);
     }
     let sse = points
         .chunks_exact(d)
