@@ -534,6 +534,77 @@ pub struct ScaledGroup<T> {
     pub error: GroupError2,
 }
 
+/// The weighted histogram of `u = w / S_o` (rounded to the dtype; −0 is
+/// 0) with weights `S_o²`, values ascending.
+///
+/// fp16 values with many elements are counted into a table indexed by
+/// their bit pattern, in element order, which gives the same sums, bit for
+/// bit, as sorting the (u, weight) pairs stably and summing runs (the
+/// general path, kept for f32 and small inputs; a test compares the two).
+fn scaled_histogram<T: Element>(rows: &[Vec<T>], scales: &[T]) -> Histogram {
+    let n: usize = rows.iter().map(Vec::len).sum();
+    scaled_histogram_by(rows, scales, T::STORE == Store::F16 && n >= SCALED_TABLE_MIN)
+}
+
+/// [`scaled_histogram`] with the path chosen: `table` (fp16 only) or sort.
+fn scaled_histogram_by<T: Element>(rows: &[Vec<T>], scales: &[T], table: bool) -> Histogram {
+    let n: usize = rows.iter().map(Vec::len).sum();
+    let u_of = |v: T, s: f64| {
+        let u = T::from_f64(v.to_f64() / s);
+        if u.to_f64() == 0.0 {
+            T::ZERO
+        } else {
+            u
+        }
+    };
+    let mut hist = Histogram::default();
+    if table {
+        let mut table = vec![0f64; 1 << 16];
+        let mut seen = vec![false; 1 << 16];
+        for (r, s) in rows.iter().zip(scales) {
+            let s = s.to_f64();
+            for &v in r {
+                let b = u_of(v, s).pattern() as usize;
+                table[b] += s * s;
+                seen[b] = true;
+            }
+        }
+        // Ascending: negatives from the largest magnitude down, then 0 and
+        // the positives up.
+        let order = (0x8001..0xFC00usize).rev().chain(0..0x7C00usize);
+        for b in order {
+            if seen[b] {
+                hist.values
+                    .push(half::f16::from_bits(b as u16).to_f64());
+                hist.counts.push(table[b]);
+            }
+        }
+        return hist;
+    }
+    let mut pairs: Vec<(f64, f64)> = Vec::with_capacity(n);
+    for (r, s) in rows.iter().zip(scales) {
+        let s = s.to_f64();
+        for &v in r {
+            pairs.push((u_of(v, s).to_f64(), s * s));
+        }
+    }
+    pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for (u, w) in pairs {
+        match hist.values.last() {
+            Some(&l) if l == u => *hist.counts.last_mut().expect("non-empty") += w,
+            _ => {
+                hist.values.push(u);
+                hist.counts.push(w);
+            }
+        }
+    }
+    hist
+}
+
+/// Elements from which [`scaled_histogram`] counts fp16 values into a
+/// table (zeroing and scanning it costs about as much as sorting this many).
+const SCALED_TABLE_MIN: usize = 16_384;
+
 /// Palettizes the channels `rows` of one group with a per-channel scale.
 ///
 /// Each channel's scale is `S_o = max |w|` over the channel (1 for an
@@ -561,25 +632,7 @@ pub fn palettize_scaled<T: Element>(
         Some(s) => s.to_vec(),
         None => rows.iter().map(|r| row_scale(r)).collect(),
     };
-    let mut pairs: Vec<(f64, f64)> = Vec::with_capacity(rows.iter().map(Vec::len).sum());
-    for (r, s) in rows.iter().zip(&scales) {
-        let s = s.to_f64();
-        for v in r {
-            let u = T::from_f64(v.to_f64() / s).to_f64();
-            pairs.push((if u == 0.0 { 0.0 } else { u }, s * s));
-        }
-    }
-    pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let mut hist = Histogram::default();
-    for (u, w) in pairs {
-        match hist.values.last() {
-            Some(&l) if l == u => *hist.counts.last_mut().expect("non-empty") += w,
-            _ => {
-                hist.values.push(u);
-                hist.counts.push(w);
-            }
-        }
-    }
+    let hist = scaled_histogram(rows, &scales);
     let mut lut: Vec<T> = kmeans_1d(&hist, k)
         .centroids
         .iter()
@@ -851,5 +904,40 @@ mod tests {
         let v: Vec<f32> = (0..100).map(|i| i as f32 / 99.0).collect();
         let g = palettize_f32(&v, 2, Mode::Uniform).unwrap();
         assert_eq!(g.lut, vec![0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0]);
+    }
+
+    /// The fp16 table path of the scaled histogram gives the sort path's
+    /// values and sums bit for bit (zeros of both signs, ties across rows,
+    /// an all-zero row, scales of different sizes).
+    #[test]
+    fn scaled_histogram_table_equals_sort() {
+        let mut st = 12345u64;
+        let mut next = || {
+            st ^= st << 13;
+            st ^= st >> 7;
+            st ^= st << 17;
+            (st >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut rows: Vec<Vec<f16>> = (0..24)
+            .map(|r| {
+                (0..900)
+                    .map(|i| {
+                        let x = (next() * 2.0 - 1.0) * 0.05 * (1.0 + r as f64);
+                        f16::from_f64(if i % 37 == 0 { -0.0 } else if i % 41 == 0 { 0.0 } else { x })
+                    })
+                    .collect()
+            })
+            .collect();
+        rows[5] = vec![f16::ZERO; 900];
+        let scales: Vec<f16> = rows.iter().map(|r| row_scale(r)).collect();
+        let a = scaled_histogram_by(&rows, &scales, true);
+        let b = scaled_histogram_by(&rows, &scales, false);
+        assert_eq!(a.values.len(), b.values.len());
+        for (x, y) in a.values.iter().zip(&b.values) {
+            assert_eq!(x.to_bits(), y.to_bits());
+        }
+        for (x, y) in a.counts.iter().zip(&b.counts) {
+            assert_eq!(x.to_bits(), y.to_bits());
+        }
     }
 }
