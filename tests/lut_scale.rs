@@ -626,6 +626,13 @@ fn cluster_dim_not_worse_than_coremltools() {
         assert_eq!(ops.get("constexpr_lut_to_dense"), Some(&81), "{id}");
         runs.push(run);
     }
+    // `info` shows the vector length, in JSON and in the summary.
+    let info = info_json(&runs[0].out);
+    assert_eq!(info["largest"][0]["compression"]["lut_vector_size"], 2);
+    let o = sdcompress().arg("info").arg(&runs[0].out).output().unwrap();
+    assert_success(&o, "info");
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("(lut 4-bit vectors of 2)"), "{text}");
     // Determinism across thread counts, and the seed is used.
     let one = palettize(
         &base,

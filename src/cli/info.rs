@@ -112,6 +112,9 @@ fn human(o: &mut impl Write, i: &Info) -> std::io::Result<()> {
             if let Some(b) = c.lut_nbits {
                 s += &format!(" {b}-bit");
             }
+            if let Some(v) = c.lut_vector_size.filter(|&v| v > 1) {
+                s += &format!(" vectors of {v}");
+            }
             if let Some(g) = c.lut_groups.filter(|&g| g > 1) {
                 s += &format!(" {g} groups");
             }

@@ -543,7 +543,11 @@ pub struct ScaledGroup<T> {
 /// general path, kept for f32 and small inputs; a test compares the two).
 fn scaled_histogram<T: Element>(rows: &[Vec<T>], scales: &[T]) -> Histogram {
     let n: usize = rows.iter().map(Vec::len).sum();
-    scaled_histogram_by(rows, scales, T::STORE == Store::F16 && n >= SCALED_TABLE_MIN)
+    scaled_histogram_by(
+        rows,
+        scales,
+        T::STORE == Store::F16 && n >= SCALED_TABLE_MIN,
+    )
 }
 
 /// [`scaled_histogram`] with the path chosen: `table` (fp16 only) or sort.
@@ -574,8 +578,7 @@ fn scaled_histogram_by<T: Element>(rows: &[Vec<T>], scales: &[T], table: bool) -
         let order = (0x8001..0xFC00usize).rev().chain(0..0x7C00usize);
         for b in order {
             if seen[b] {
-                hist.values
-                    .push(half::f16::from_bits(b as u16).to_f64());
+                hist.values.push(half::f16::from_bits(b as u16).to_f64());
                 hist.counts.push(table[b]);
             }
         }
@@ -923,7 +926,13 @@ mod tests {
                 (0..900)
                     .map(|i| {
                         let x = (next() * 2.0 - 1.0) * 0.05 * (1.0 + r as f64);
-                        f16::from_f64(if i % 37 == 0 { -0.0 } else if i % 41 == 0 { 0.0 } else { x })
+                        f16::from_f64(if i % 37 == 0 {
+                            -0.0
+                        } else if i % 41 == 0 {
+                            0.0
+                        } else {
+                            x
+                        })
                     })
                     .collect()
             })
