@@ -649,7 +649,7 @@ fn swapping_a_weight_changes_the_output_as_expected() {
     // The last weight op is conv_out, whose output is the model output.
     let last = it.weight_ops().pop().unwrap();
     assert!(last.weight.contains("conv_out"), "{}", last.weight);
-    let w = it.weight(&last.weight).unwrap().clone();
+    let w = it.weight(&last.weight).unwrap();
     let shape = w.dims().to_vec();
     let n: usize = shape.iter().product();
     let to_mil = |v: Vec<f32>| mil::Tensor {
@@ -662,7 +662,7 @@ fn swapping_a_weight_changes_the_output_as_expected() {
     let zero = flat(&it.run(&x, None).unwrap()[0]);
     let bias_name = last.weight.replace("weight", "bias");
     let bias = flat(
-        it.weight(&bias_name)
+        &it.weight(&bias_name)
             .unwrap_or_else(|| panic!("no {bias_name}")),
     );
     let plane = zero.len() / bias.len();
