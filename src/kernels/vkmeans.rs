@@ -91,6 +91,20 @@ fn seed_plus_plus(points: &[f64], d: usize, k: usize, rng: &mut SplitMix64) -> V
 
 /// Lloyd's algorithm from `centroids` until no assignment changes (or
 /// `max_iter` rounds). An emptied cluster keeps its centroid.
+/// The clustering of `points` by `assign`, with its squared error.
+fn clustering(points: &[f64], d: usize, centroids: Vec<f64>, assign: Vec<u32>) -> VecClustering {
+    let sse = points
+        .chunks_exact(d)
+        .zip(&assign)
+        .map(|(p, &a)| dist2(p, &centroids[a as usize * d..(a as usize + 1) * d]))
+        .sum();
+    VecClustering {
+        centroids,
+        assign,
+        sse,
+    }
+}
+
 /// Moves each centroid to the mean of its points (sums in point order; a
 /// centroid without points stays) and returns how far each moved.
 fn update_centroids(points: &[f64], d: usize, assign: &[u32], centroids: &mut [f64]) -> Vec<f64> {
@@ -170,16 +184,7 @@ fn lloyd(points: &[f64], d: usize, mut centroids: Vec<f64>, max_iter: usize) -> 
             lower[i] -= max_moved;
         }
     }
-    let sse = points
-        .chunks_exact(d)
-        .zip(&assign)
-        .map(|(p, &a)| dist2(p, &centroids[a as usize * d..(a as usize + 1) * d]))
-        .sum();
-    VecClustering {
-        centroids,
-        assign,
-        sse,
-    }
+    clustering(points, d, centroids, assign)
 }
 
 #[cfg(test)]
@@ -205,16 +210,7 @@ fn lloyd_plain(
         }
         update_centroids(points, d, &assign, &mut centroids);
     }
-    let sse = points
-        .chunks_exact(d)
-        .zip(&assign)
-        .map(|(p, &a)| dist2(p, &centroids[a as usize * d..(a as usize + 1) * d]))
-        .sum();
-    VecClustering {
-        centroids,
-        assign,
-        sse,
-    }
+    clustering(points, d, centroids, assign)
 }
 
 /// Clusters `points` (`n · d` coordinates, point-major) into at most `k`
