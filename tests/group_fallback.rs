@@ -58,12 +58,7 @@ fn divisor_fallback_compresses_every_eligible_weight() {
 
     let mut fallbacks = 0;
     for w in div["weights"].as_array().unwrap() {
-        let numel: u64 = w["shape"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d.as_u64().unwrap())
-            .product();
+        let numel = numel(w);
         if numel <= 2048 {
             continue;
         }

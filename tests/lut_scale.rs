@@ -611,12 +611,7 @@ fn cluster_dim_not_worse_than_coremltools() {
         assert_eq!(ws.len(), 81, "{id}: compressed weights");
         for w in &ws {
             assert_eq!(w["cluster_dim"], 2, "{id}");
-            let numel: u64 = w["shape"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d.as_u64().unwrap())
-                .product();
+            let numel = numel(w);
             let g = w["groups"].as_u64().unwrap();
             // One 4-bit index per pair, 16 fp16 pairs per LUT.
             assert_eq!(w["value_bits"].as_u64(), Some(numel / 2 * 4), "{id}");

@@ -195,15 +195,6 @@ fn u64_at(v: &Value, what: &str) -> u64 {
         .unwrap_or_else(|| panic!("{what} is not an unsigned integer: {v}"))
 }
 
-fn numel(w: &Value) -> u64 {
-    w["shape"]
-        .as_array()
-        .expect("shape")
-        .iter()
-        .map(|d| u64_at(d, "shape dim"))
-        .product()
-}
-
 fn totals_compressed(report: &Value) -> u64 {
     u64_at(&report["totals"]["compressed"], "totals.compressed")
 }

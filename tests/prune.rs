@@ -10,7 +10,9 @@
 
 mod common;
 
-use common::{assert_same_tree, assert_success, fixture, oracle, python, tempdir, tree_contents};
+use common::{
+    assert_same_tree, assert_success, fixture, numel, oracle, python, tempdir, tree_contents,
+};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -83,12 +85,7 @@ fn check_n(base: &str, flags: &[&str], checker: &[&str], want_spec: i64, want: u
     assert_eq!(r["specification_version"][1], want_spec);
     for w in r["weights"].as_array().unwrap() {
         if w["skipped"].is_null() {
-            let n: u64 = w["shape"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d.as_u64().unwrap())
-                .product();
+            let n = numel(w);
             let pruned = w["pruned"].as_u64().unwrap();
             let shape: Vec<u64> = w["shape"]
                 .as_array()
@@ -353,12 +350,7 @@ fn config_file_sets_patterns_per_op_type_and_name() {
             if !w["skipped"].is_null() {
                 continue;
             }
-            let n: u64 = w["shape"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d.as_u64().unwrap())
-                .product();
+            let n = numel(w);
             if w["op_types"][0] == "linear" {
                 assert_eq!(w["pattern"]["n_m"], serde_json::json!([2, 4]), "{name}");
                 assert_eq!(w["pruned"].as_u64(), Some(n / 2), "{name}");

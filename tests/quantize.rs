@@ -337,12 +337,7 @@ fn every_configuration_decodes_in_coremltools() {
         };
         for w in &ws {
             let d = w;
-            let numel: u64 = w["shape"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_u64().unwrap())
-                .product();
+            let numel = numel(w);
             assert_eq!(d["value_bits"].as_u64(), Some(numel * bits), "{id}");
             let blocks: u64 = d["scale_shape"]
                 .as_array()
@@ -637,12 +632,7 @@ fn pruned_input_gives_joint_sparse_quantized() {
         for w in &ws {
             let s = w["sparsity"].as_f64().unwrap();
             assert!((s - 0.4).abs() < 0.01, "{id}: {}: sparsity {s}", w["name"]);
-            let numel: u64 = w["shape"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_u64().unwrap())
-                .product();
+            let numel = numel(w);
             let bits = if id.contains("uint4") { 4 } else { 8 };
             assert_eq!(w["mask_bits"].as_u64(), Some(numel), "{id}");
             assert_eq!(

@@ -9,8 +9,8 @@
 mod common;
 
 use common::{
-    assert_error, assert_nothing_written, assert_success, fixture, oracle, python, repo_root,
-    tempdir, tree_contents,
+    assert_error, assert_nothing_written, assert_success, fixture, numel, oracle, python,
+    repo_root, tempdir, tree_contents,
 };
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -64,12 +64,7 @@ fn assert_exact_sparsity(r: &Value, method: &str, want: impl Fn(u64) -> u64) -> 
         if !w["skipped"].is_null() {
             continue;
         }
-        let numel: u64 = w["shape"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d.as_u64().unwrap())
-            .product();
+        let numel = numel(w);
         assert_eq!(w["method"], method, "{}", w["name"]);
         assert_eq!(
             w["pruned"].as_u64().unwrap(),

@@ -111,6 +111,19 @@ pub fn info(pkg: &Path) -> Output {
     run([Path::new("info").as_os_str(), pkg.as_os_str()])
 }
 
+/// Elements of a report weight (`shape` of a `weights[]` entry).
+pub fn numel(w: &serde_json::Value) -> u64 {
+    w["shape"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no shape in {w}"))
+        .iter()
+        .map(|d| {
+            d.as_u64()
+                .unwrap_or_else(|| panic!("shape dim is not an unsigned integer: {d}"))
+        })
+        .product()
+}
+
 /// `sdcompress info --json <pkg>`, which must succeed; the parsed document.
 pub fn info_json(pkg: &Path) -> serde_json::Value {
     let out = run([
