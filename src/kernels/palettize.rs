@@ -67,6 +67,12 @@ impl GroupError2 {
     }
 }
 
+/// The finite fp16 bit patterns other than -0, in ascending value order:
+/// negatives from the largest magnitude (0xfbff) down, then 0 and up.
+fn finite_f16_ascending() -> impl Iterator<Item = u16> {
+    (0x8001..0xfc00u16).rev().chain(0..0x7c00u16)
+}
+
 /// Order-preserving key of a finite fp16 bit pattern (`-0` maps to `+0`).
 #[inline]
 fn key16(bits: u16) -> u16 {
@@ -178,7 +184,7 @@ pub fn palettize_f16_into(
         // pattern would mispredict often.
         let order = &mut *sc.order;
         let mut n = 0usize;
-        for bits in (0x8001..0xfc00u16).rev().chain(0..0x7c00u16) {
+        for bits in finite_f16_ascending() {
             order[n] = bits;
             n += usize::from(counts[usize::from(bits)] != 0);
         }
@@ -573,12 +579,10 @@ fn scaled_histogram_by<T: Element>(rows: &[Vec<T>], scales: &[T], table: bool) -
                 seen[b] = true;
             }
         }
-        // Ascending: negatives from the largest magnitude down, then 0 and
-        // the positives up.
-        let order = (0x8001..0xFC00usize).rev().chain(0..0x7C00usize);
-        for b in order {
+        for bits in finite_f16_ascending() {
+            let b = usize::from(bits);
             if seen[b] {
-                hist.values.push(half::f16::from_bits(b as u16).to_f64());
+                hist.values.push(f16::from_bits(bits).to_f64());
                 hist.counts.push(table[b]);
             }
         }
