@@ -89,7 +89,12 @@ pub struct Clustering {
     pub sse: f64,
 }
 
-/// Prefix sums over the (centred) histogram for O(1) cluster costs.
+/// Entries past the end of the prefix sums and the DP rows, so the SIMD
+/// split kernel can read whole vectors (its extra lanes are masked out).
+const PAD: usize = 3;
+
+/// Prefix sums over the (centred) histogram for O(1) cluster costs
+/// (each `m + 1` long plus [`PAD`] copies of the total).
 struct Prefix {
     w: Vec<f64>,
     s: Vec<f64>,
@@ -120,7 +125,8 @@ impl Prefix {
             sum += x * c;
         }
         let mean = sum / f64::max(total, 1.0);
-        let (mut w, mut s, mut q) = (vec![0.0; m + 1], vec![0.0; m + 1], vec![0.0; m + 1]);
+        let len = m + 1 + PAD;
+        let (mut w, mut s, mut q) = (vec![0.0; len], vec![0.0; len], vec![0.0; len]);
         let (mut aw, mut as_, mut aq) = (0.0, 0.0, 0.0);
         for t in 0..m {
             let (x, c) = at(t);
@@ -132,6 +138,9 @@ impl Prefix {
             w[t + 1] = aw;
             s[t + 1] = as_;
             q[t + 1] = aq;
+        }
+        for t in m + 1..len {
+            (w[t], s[t], q[t]) = (aw, as_, aq);
         }
         (Self { w, s, q }, mean)
     }
@@ -165,6 +174,31 @@ impl Prefix {
 /// With fewer distinct values than `k`, every value is its own cluster
 /// (zero error).
 pub fn kmeans_1d(h: &Histogram, k: usize) -> Clustering {
+    kmeans_1d_with(h, k, Kernel::detect())
+}
+
+/// The split kernel the DP layers run: all give bit-identical results
+/// (same operations per candidate, same tie rule), so the choice is only
+/// about speed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs.
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return Kernel::Avx2;
+        }
+        Kernel::Portable
+    }
+}
+
+fn kmeans_1d_with(h: &Histogram, k: usize, kernel: Kernel) -> Clustering {
     let m = h.len();
     if m == 0 || k == 0 {
         return Clustering {
@@ -189,12 +223,13 @@ pub fn kmeans_1d(h: &Histogram, k: usize) -> Clustering {
     // ~500x that, and still tiny next to any real gap between clusterings.
     let bound = lloyd_bound(&p, &h.values, mean, k);
     let u = bound * (1.0 + 1e-9) + k as f64 * 1e-13 * p.q[m].abs();
-    if let Some(c) = meet_in_the_middle(h, &p, k, u) {
+    if let Some(c) = meet_in_the_middle(h, &p, k, u, kernel) {
         return c;
     }
     // Unreachable in exact arithmetic (the Lloyd clustering itself is a
     // path under the bound); kept so rounding can never lose the answer.
-    meet_in_the_middle(h, &p, k, f64::INFINITY).expect("an unbounded search always finds a path")
+    meet_in_the_middle(h, &p, k, f64::INFINITY, kernel)
+        .expect("an unbounded search always finds a path")
 }
 
 /// Centroids of the clusters starting at `starts`.
@@ -275,8 +310,8 @@ struct Half {
     arg: Vec<Vec<u32>>,
 }
 
-fn half(p: &Prefix, m: usize, k: usize, layers: usize, u: f64) -> Option<Half> {
-    let mut prev = vec![f64::INFINITY; m + 1];
+fn half(p: &Prefix, m: usize, k: usize, layers: usize, u: f64, kernel: Kernel) -> Option<Half> {
+    let mut prev = vec![f64::INFINITY; m + 1 + PAD];
     prev[0] = 0.0;
     // Admissible rows of the current layer are 1..=hi.
     let mut hi = 0;
@@ -289,20 +324,24 @@ fn half(p: &Prefix, m: usize, k: usize, layers: usize, u: f64) -> Option<Half> {
         hi = i;
     }
     let mut arg = vec![vec![0u32; m + 1]];
-    let mut cur = vec![f64::INFINITY; m + 1];
+    let mut cur = vec![f64::INFINITY; m + 1 + PAD];
     for j in 2..=layers {
         if hi < j - 1 {
             return None;
         }
         let mut a = vec![0u32; m + 1];
         cur.fill(f64::INFINITY);
-        let rows = Rows {
+        let layer = Layer {
             p,
             prev: &prev,
             prev_arg: &arg[j - 2],
             u,
+            lo: j,
+            hi: m - (k - j),
+            opt_lo: j - 1,
+            opt_hi: hi,
         };
-        rows.solve(&mut cur, &mut a, j, m - (k - j), j - 1, hi);
+        layer.solve(kernel, &mut cur, &mut a);
         hi = (j..=m - (k - j)).rev().find(|&i| cur[i] <= u).unwrap_or(0);
         arg.push(a);
         std::mem::swap(&mut prev, &mut cur);
@@ -313,13 +352,19 @@ fn half(p: &Prefix, m: usize, k: usize, layers: usize, u: f64) -> Option<Half> {
     Some(Half { last: prev, arg })
 }
 
-fn meet_in_the_middle(h: &Histogram, p: &Prefix, k: usize, u: f64) -> Option<Clustering> {
+fn meet_in_the_middle(
+    h: &Histogram,
+    p: &Prefix,
+    k: usize,
+    u: f64,
+    kernel: Kernel,
+) -> Option<Clustering> {
     let m = h.len();
     let rp = Prefix::mirrored(h);
     let a = k / 2;
     let b = k - a;
-    let fw = half(p, m, k, a, u)?;
-    let bw = half(&rp, m, k, b, u)?;
+    let fw = half(p, m, k, a, u, kernel)?;
+    let bw = half(&rp, m, k, b, u, kernel)?;
     let (mut best, mut meet) = (f64::INFINITY, 0);
     for i in a..=m - b {
         let v = fw.last[i] + bw.last[m - i];
@@ -358,7 +403,9 @@ fn kmeans_full(h: &Histogram, k: usize) -> f64 {
     if m <= k {
         return 0.0;
     }
-    half(&p, m, k, k, f64::INFINITY).expect("unbounded").last[m]
+    half(&p, m, k, k, f64::INFINITY, Kernel::detect())
+        .expect("unbounded")
+        .last[m]
 }
 
 #[cfg(test)]
@@ -414,46 +461,118 @@ fn smawk(rows: &[usize], cols: &[usize], f: &impl Fn(usize, usize) -> f64, argmi
 }
 
 /// One layer of the DP: row `i` takes the best split `l` (with `prev[l]`
-/// finite) of `prev[l] + cost(l, i)`.
-struct Rows<'a> {
+/// finite) of `prev[l] + cost(l, i)`, for rows `lo..=hi` and splits in
+/// `opt_lo..=opt_hi`.
+struct Layer<'a> {
     p: &'a Prefix,
     prev: &'a [f64],
     prev_arg: &'a [u32],
     u: f64,
+    lo: usize,
+    hi: usize,
+    opt_lo: usize,
+    opt_hi: usize,
 }
 
-impl Rows<'_> {
-    /// Fills rows `lo..=hi` with splits in `opt_lo..=opt_hi`, by divide and
-    /// conquer on the monotone split, bounded below by the previous layer's
-    /// split of the same row (one more cluster never moves the last
-    /// cluster's start left).
-    fn solve(
-        &self,
-        cur: &mut [f64],
-        arg: &mut [u32],
-        lo: usize,
-        hi: usize,
-        opt_lo: usize,
-        opt_hi: usize,
-    ) {
-        if lo > hi {
-            return;
-        }
-        let mid = (lo + hi) / 2;
-        let end = opt_hi.min(mid - 1);
-        let start = opt_lo.max(self.prev_arg[mid] as usize).min(end);
-        let (best, best_l) = best_split(self.p, self.prev, mid, start, end);
-        cur[mid] = best;
-        arg[mid] = best_l as u32;
-        if mid > lo {
-            self.solve(cur, arg, lo, mid - 1, opt_lo, best_l);
-        }
-        // Rows are non-decreasing: past a row above the bound, all are.
-        if best <= self.u {
-            self.solve(cur, arg, mid + 1, hi, best_l, opt_hi);
+impl Layer<'_> {
+    /// Fills `cur[lo..=hi]` and `arg[lo..=hi]` (rows past the first one
+    /// above the bound are left as they are).
+    fn solve(&self, kernel: Kernel, cur: &mut [f64], arg: &mut [u32]) {
+        match kernel {
+            // SAFETY: the portable kernel has no requirements.
+            Kernel::Portable => unsafe { solve_layer_portable(self, cur, arg) },
+            // SAFETY: `Kernel::Avx2` is only chosen when the CPU has AVX2.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { solve_layer_avx2(self, cur, arg) },
         }
     }
 }
+
+/// The layer loop, instantiated once per split kernel (the AVX2 one must
+/// be inlined into a function compiled with AVX2, which a generic
+/// parameter cannot express for `#[target_feature]` functions).
+///
+/// The optimal split is non-decreasing in the row, so a row's split lies
+/// between its computed neighbours' splits. Rows are visited coarse to
+/// fine by position `r = row - lo + 1`: first the multiples of the largest
+/// power of two, then at each finer stride `s` the odd multiples of `s`,
+/// whose neighbours `r ± s` were computed before. That is divide and
+/// conquer without recursion, a plain loop per stride. The split of row
+/// `i` is also bounded below by the previous layer's split of the same row
+/// (one more cluster never moves the last cluster's start left). Rows are
+/// non-decreasing in value, so past a row above the bound `u` all are:
+/// those are skipped.
+macro_rules! layer_solver {
+    ($(#[$attr:meta])* $vis:vis unsafe fn $name:ident => $split:ident) => {
+        $(#[$attr])*
+        $vis unsafe fn $name(l: &Layer, cur: &mut [f64], arg: &mut [u32]) {
+            if l.lo > l.hi {
+                return;
+            }
+            let n = l.hi + 1 - l.lo;
+            let mut s = 1usize << (usize::BITS - 1 - n.leading_zeros());
+            // First position whose row is above the bound (n + 1: none yet).
+            let mut dead = n + 1;
+            loop {
+                let mut r = s;
+                while r <= n && r < dead {
+                    let row = l.lo + r - 1;
+                    let left = if r > s { arg[row - s] as usize } else { l.opt_lo };
+                    let rp = (r + s).min(dead);
+                    let right = if rp <= n { arg[l.lo + rp - 1] as usize } else { l.opt_hi };
+                    let end = right.min(row - 1);
+                    let start = left.max(l.prev_arg[row] as usize).min(end);
+                    // SAFETY: the caller guarantees the kernel's target features.
+                    let (best, best_l) = unsafe { $split(l.p, l.prev, row, start, end) };
+                    cur[row] = best;
+                    arg[row] = best_l as u32;
+                    if best > l.u {
+                        dead = r;
+                        break;
+                    }
+                    r += 2 * s;
+                }
+                if s == 1 {
+                    break;
+                }
+                s /= 2;
+            }
+        }
+    };
+}
+
+layer_solver!(
+    /// The layer loop with the portable split kernel.
+    ///
+    /// # Safety
+    /// None (`unsafe` only to share the macro with the SIMD form).
+    unsafe fn solve_layer_portable => best_split_unsafe
+);
+
+/// [`best_split`] behind the calling convention the macro uses.
+///
+/// # Safety
+/// None.
+#[inline(always)]
+unsafe fn best_split_unsafe(
+    p: &Prefix,
+    prev: &[f64],
+    i: usize,
+    a: usize,
+    b: usize,
+) -> (f64, usize) {
+    best_split(p, prev, i, a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+layer_solver!(
+    /// The layer loop with the AVX2 split kernel.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    unsafe fn solve_layer_avx2 => best_split_avx2
+);
 
 /// The leftmost `l` in `a..=b` minimising `prev[l] + cost(l, i)`.
 ///
@@ -497,6 +616,71 @@ fn best_split(p: &Prefix, prev: &[f64], i: usize, a: usize, b: usize) -> (f64, u
     // All candidates infinite (pruned columns): any split will do, the
     // row is marked unreachable by its value.
     (best, a + if best_t == usize::MAX { 0 } else { best_t })
+}
+
+/// [`best_split`] four candidates at a time with AVX2: the same operations
+/// on each candidate (IEEE sub, mul, div and add are exact-rounded in both)
+/// and the same leftmost tie rule, so the result is bit-identical. No
+/// branch depends on the data, so the out-of-order core overlaps
+/// consecutive rows (most rows have only a handful of candidates).
+///
+/// # Safety
+/// The CPU must support AVX2. The prefix arrays and `prev` must hold
+/// [`PAD`] readable entries past `b` (their values are masked out).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn best_split_avx2(p: &Prefix, prev: &[f64], i: usize, a: usize, b: usize) -> (f64, usize) {
+    use std::arch::x86_64::*;
+    let n = b + 1 - a;
+    let chunks = n.div_ceil(4);
+    debug_assert!(a + 4 * chunks <= prev.len().min(p.w.len()));
+    let (ws, ss, qs, ps) = (
+        p.w.as_ptr().add(a),
+        p.s.as_ptr().add(a),
+        p.q.as_ptr().add(a),
+        prev.as_ptr().add(a),
+    );
+    let (wi, si, qi) = (
+        _mm256_set1_pd(p.w[i]),
+        _mm256_set1_pd(p.s[i]),
+        _mm256_set1_pd(p.q[i]),
+    );
+    let inf = _mm256_set1_pd(f64::INFINITY);
+    let none = _mm256_set1_pd(f64::MAX);
+    let four = _mm256_set1_pd(4.0);
+    let count = _mm256_set1_pd(n as f64);
+    let mut best = inf;
+    // Candidate offsets as exact small integers in f64 lanes; MAX = none.
+    let mut best_t = none;
+    let mut idx = _mm256_setr_pd(0.0, 1.0, 2.0, 3.0);
+    for c in 0..chunks {
+        let t = 4 * c;
+        let d = _mm256_sub_pd(si, _mm256_loadu_pd(ss.add(t)));
+        let cost = _mm256_sub_pd(
+            _mm256_sub_pd(qi, _mm256_loadu_pd(qs.add(t))),
+            _mm256_div_pd(
+                _mm256_mul_pd(d, d),
+                _mm256_sub_pd(wi, _mm256_loadu_pd(ws.add(t))),
+            ),
+        );
+        let v = _mm256_add_pd(_mm256_loadu_pd(ps.add(t)), cost);
+        // Lanes past the last candidate (padding) never win.
+        let v = _mm256_blendv_pd(inf, v, _mm256_cmp_pd::<_CMP_LT_OQ>(idx, count));
+        let lt = _mm256_cmp_pd::<_CMP_LT_OQ>(v, best);
+        best = _mm256_blendv_pd(best, v, lt);
+        best_t = _mm256_blendv_pd(best_t, idx, lt);
+        idx = _mm256_add_pd(idx, four);
+    }
+    // Leftmost minimum across lanes: the minimum value, then the smallest
+    // offset among the lanes that hold it.
+    let m1 = _mm256_min_pd(best, _mm256_permute_pd::<0b0101>(best));
+    let mn = _mm256_min_pd(m1, _mm256_permute2f128_pd::<1>(m1, m1));
+    let at = _mm256_blendv_pd(none, best_t, _mm256_cmp_pd::<_CMP_EQ_OQ>(best, mn));
+    let t1 = _mm256_min_pd(at, _mm256_permute_pd::<0b0101>(at));
+    let tn = _mm256_min_pd(t1, _mm256_permute2f128_pd::<1>(t1, t1));
+    let (bv, bt) = (_mm256_cvtsd_f64(mn), _mm256_cvtsd_f64(tn));
+    (bv, a + if bt == f64::MAX { 0 } else { bt as usize })
 }
 
 /// Weighted squared error of assigning every value to its nearest centre.
@@ -731,6 +915,68 @@ mod tests {
             let a = kmeans_1d(&h, k).sse;
             let b = sse_smawk(&h, k);
             prop_assert!((a - b).abs() <= 1e-9 * (1.0 + b), "dc {} smawk {}", a, b);
+        }
+    }
+
+    /// Every kernel this CPU runs gives the same clustering, bit for bit,
+    /// as the portable one: weight-like groups of every size class, ties,
+    /// and short histograms (candidate ranges shorter than a vector).
+    #[test]
+    fn simd_kernel_is_bit_identical_to_portable() {
+        let best = Kernel::detect();
+        if best == Kernel::Portable {
+            eprintln!("skipped: this CPU has no SIMD split kernel");
+            return;
+        }
+        let mut hists: Vec<Histogram> = [(300, 1), (2000, 2), (5120, 3), (20480, 4), (60000, 5)]
+            .iter()
+            .map(|&(n, seed)| unet_like(n, seed))
+            .collect();
+        // Small integers: exact ties between splits everywhere.
+        for n in [20usize, 57, 300, 4000] {
+            let xs: Vec<f64> = (0..n).map(|t| ((t * 7919) % 41) as f64 - 20.0).collect();
+            hists.push(Histogram::from_values(&xs));
+        }
+        for h in &hists {
+            for k in [2, 3, 4, 5, 8, 16, 64, 256] {
+                let a = kmeans_1d_with(h, k, Kernel::Portable);
+                let b = kmeans_1d_with(h, k, best);
+                assert_eq!(a, b, "m {} k {k}", h.len());
+                assert_eq!(a.sse.to_bits(), b.sse.to_bits());
+            }
+        }
+    }
+
+    proptest! {
+        /// The split kernels pick the leftmost minimum, ties included: with
+        /// flat prefix sums every cluster costs 0, so the value of a split
+        /// is `prev[l]`, here small integers full of exact ties.
+        #[test]
+        fn split_kernels_take_the_leftmost_minimum(
+            prev in prop::collection::vec(0u8..4, 1..40),
+            a in 0usize..40,
+            len in 1usize..40,
+        ) {
+            let m = prev.len() + 1;
+            let a = a % prev.len();
+            let b = (a + len - 1).min(prev.len() - 1);
+            let i = m - 1;
+            let p = Prefix {
+                w: (0..m + PAD).map(|t| t as f64).collect(),
+                s: vec![0.0; m + PAD],
+                q: vec![0.0; m + PAD],
+            };
+            let mut pv: Vec<f64> = prev.iter().map(|&x| f64::from(x)).collect();
+            pv.resize(m + PAD, f64::INFINITY);
+            let want = (a..=b).fold((f64::INFINITY, a), |(bv, bl), l| {
+                if pv[l] < bv { (pv[l], l) } else { (bv, bl) }
+            });
+            prop_assert_eq!(best_split(&p, &pv, i, a, b), want);
+            #[cfg(target_arch = "x86_64")]
+            if Kernel::detect() == Kernel::Avx2 {
+                // SAFETY: the CPU has AVX2; the arrays carry PAD entries.
+                prop_assert_eq!(unsafe { best_split_avx2(&p, &pv, i, a, b) }, want);
+            }
         }
     }
 
