@@ -303,11 +303,11 @@ fn lloyd_bound(p: &Prefix, values: &[f64], mean: f64, k: usize) -> f64 {
 }
 
 /// One half of the search: layers `1..=layers` of the DP over `p`, rows
-/// pruned by `u`. `last[i]` is the last layer's value, `arg[j][i]` the
-/// split of row `i` in layer `j + 1`.
+/// pruned by `u`. `last[i]` is the last layer's value, `arg[(j - 1) * (m +
+/// 1) + i]` the split of row `i` in layer `j` (layer 1 has none).
 struct Half {
     last: Vec<f64>,
-    arg: Vec<Vec<u32>>,
+    arg: Vec<u32>,
 }
 
 fn half(p: &Prefix, m: usize, k: usize, layers: usize, u: f64, kernel: Kernel) -> Option<Half> {
@@ -323,28 +323,35 @@ fn half(p: &Prefix, m: usize, k: usize, layers: usize, u: f64, kernel: Kernel) -
         *v = c;
         hi = i;
     }
-    let mut arg = vec![vec![0u32; m + 1]];
+    let stride = m + 1;
+    let mut arg = vec![0u32; layers * stride];
     let mut cur = vec![f64::INFINITY; m + 1 + PAD];
+    // Rows of each buffer that may hold a finite value (the rest is
+    // infinite), so a buffer is reset by filling only those.
+    let (mut prev_rows, mut cur_rows) = (0..hi + 1, 0..0);
     for j in 2..=layers {
         if hi < j - 1 {
             return None;
         }
-        let mut a = vec![0u32; m + 1];
-        cur.fill(f64::INFINITY);
+        cur[cur_rows].fill(f64::INFINITY);
+        let (done, rest) = arg.split_at_mut((j - 1) * stride);
         let layer = Layer {
             p,
             prev: &prev,
-            prev_arg: &arg[j - 2],
+            prev_arg: &done[(j - 2) * stride..],
             u,
             lo: j,
             hi: m - (k - j),
             opt_lo: j - 1,
             opt_hi: hi,
         };
-        layer.solve(kernel, &mut cur, &mut a);
-        hi = (j..=m - (k - j)).rev().find(|&i| cur[i] <= u).unwrap_or(0);
-        arg.push(a);
+        let dead = layer.solve(kernel, &mut cur, &mut rest[..stride]);
+        cur_rows = j..m - (k - j) + 1;
+        // Every row before the first one above the bound was computed and
+        // is within it.
+        hi = j + dead - 2;
         std::mem::swap(&mut prev, &mut cur);
+        std::mem::swap(&mut prev_rows, &mut cur_rows);
     }
     if hi < layers {
         return None;
@@ -378,16 +385,17 @@ fn meet_in_the_middle(
     }
     let mut starts = vec![0usize; k];
     starts[a] = meet;
+    let stride = m + 1;
     let mut i = meet;
     for j in (1..a).rev() {
-        i = fw.arg[j][i] as usize;
+        i = fw.arg[j * stride + i] as usize;
         starts[j] = i;
     }
     // Mirrored row r covers original values m-r..m; a mirrored split l
     // starts the original cluster at m-l.
     let mut r = m - meet;
     for j in (1..b).rev() {
-        let l = bw.arg[j][r] as usize;
+        let l = bw.arg[j * stride + r] as usize;
         starts[k - j] = m - l;
         r = l;
     }
@@ -475,9 +483,11 @@ struct Layer<'a> {
 }
 
 impl Layer<'_> {
-    /// Fills `cur[lo..=hi]` and `arg[lo..=hi]` (rows past the first one
-    /// above the bound are left as they are).
-    fn solve(&self, kernel: Kernel, cur: &mut [f64], arg: &mut [u32]) {
+    /// Fills `cur[lo..=hi]` and `arg[lo..=hi]` up to the first row above
+    /// the bound (rows past it are left as they are, or hold values that
+    /// are above it too). Returns that row's position `row - lo + 1`
+    /// (`hi - lo + 2` if there is none).
+    fn solve(&self, kernel: Kernel, cur: &mut [f64], arg: &mut [u32]) -> usize {
         match kernel {
             // SAFETY: the portable kernel has no requirements.
             Kernel::Portable => unsafe { solve_layer_portable(self, cur, arg) },
@@ -505,9 +515,9 @@ impl Layer<'_> {
 macro_rules! layer_solver {
     ($(#[$attr:meta])* $vis:vis unsafe fn $name:ident => $split:ident) => {
         $(#[$attr])*
-        $vis unsafe fn $name(l: &Layer, cur: &mut [f64], arg: &mut [u32]) {
+        $vis unsafe fn $name(l: &Layer, cur: &mut [f64], arg: &mut [u32]) -> usize {
             if l.lo > l.hi {
-                return;
+                return 1;
             }
             let n = l.hi + 1 - l.lo;
             let mut s = 1usize << (usize::BITS - 1 - n.leading_zeros());
@@ -533,7 +543,7 @@ macro_rules! layer_solver {
                     r += 2 * s;
                 }
                 if s == 1 {
-                    break;
+                    return dead;
                 }
                 s /= 2;
             }
