@@ -423,12 +423,24 @@ pub fn assign_nearest<T: Element>(values: &[T], levels: &[f64]) -> (Vec<u8>, Gro
     order.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     order.dedup_by(|b, a| a.0 == b.0);
     let sorted: Vec<f64> = order.iter().map(|p| p.0).collect();
+    if T::STORE == Store::F16 && sorted.len() <= THRESHOLD_PASSES_MAX {
+        return assign_nearest_f16(values, &sorted, &order);
+    }
+    assign_nearest_by_search(values, &sorted, &order)
+}
+
+/// [`assign_nearest`] by a binary search per value.
+fn assign_nearest_by_search<T: Element>(
+    values: &[T],
+    sorted: &[f64],
+    order: &[(f64, usize)],
+) -> (Vec<u8>, GroupError2) {
     let mut error = GroupError2::default();
     let indices = values
         .iter()
         .map(|&v| {
             let x = v.to_f64();
-            let i = nearest(&sorted, x);
+            let i = nearest(sorted, x);
             let d = x - sorted[i];
             error.signal += x * x;
             error.sse += d * d;
@@ -437,6 +449,75 @@ pub fn assign_nearest<T: Element>(values: &[T], levels: &[f64]) -> (Vec<u8>, Gro
         })
         .collect();
     (indices, error)
+}
+
+/// Up to this many distinct levels, fp16 values are assigned by one
+/// compare pass per threshold (below: a binary search per value).
+const THRESHOLD_PASSES_MAX: usize = 32;
+
+/// [`assign_nearest`] for fp16 values, same result: the midpoint of two
+/// adjacent fp16 levels is exact in f64, and a value goes to the lower
+/// level when it is at most the midpoint, i.e. when its order key is at
+/// most that of the largest fp16 value not above the midpoint. So a value's
+/// rank among the sorted levels is the number of such key thresholds below
+/// its key: one pass of 16-bit compares per threshold, which vectorises,
+/// instead of a binary search with a float compare per step. The error
+/// sums are accumulated in element order, as in the general path.
+fn assign_nearest_f16<T: Element>(
+    values: &[T],
+    sorted: &[f64],
+    order: &[(f64, usize)],
+) -> (Vec<u8>, GroupError2) {
+    let thresholds: Vec<u16> = sorted
+        .windows(2)
+        .map(|w| f16_key_at_most(0.5 * (w[0] + w[1])))
+        .collect();
+    let bits: Vec<u16> = values.iter().map(|v| v.pattern() as u16).collect();
+    let mut rank = vec![0u8; values.len()];
+    {
+        let keys: Vec<u16> = bits.iter().map(|&b| key16(b)).collect();
+        for &t in &thresholds {
+            for (r, &k) in rank.iter_mut().zip(&keys) {
+                *r += u8::from(k > t);
+            }
+        }
+    }
+    let mut xs = vec![0f32; values.len()];
+    half::slice::HalfFloatSliceExt::convert_to_f32_slice(
+        half::slice::HalfBitsSliceExt::reinterpret_cast::<f16>(&bits[..]),
+        &mut xs,
+    );
+    let mut error = GroupError2::default();
+    let index: Vec<u8> = order.iter().map(|p| p.1 as u8).collect();
+    let indices = rank
+        .iter()
+        .zip(&xs)
+        .map(|(&r, &x)| {
+            let x = f64::from(x);
+            let d = x - sorted[usize::from(r)];
+            error.signal += x * x;
+            error.sse += d * d;
+            error.max_abs = error.max_abs.max(d.abs());
+            index[usize::from(r)]
+        })
+        .collect();
+    (indices, error)
+}
+
+/// The order key ([`key16`]) of the largest fp16 value (infinities
+/// included) that is at most `x`; `x` is not NaN.
+fn f16_key_at_most(x: f64) -> u16 {
+    let mut k = key16(f16::from_f64(x).to_bits());
+    // `from_f64` rounds to nearest (and is off by one ulp in some subnormal
+    // cases): step to the exact answer. Keys 0x03ff and 0xfc00 are -inf and
+    // +inf, the ends of the non-NaN range.
+    while k > 0x03ff && f16::from_bits(unkey16(k)).to_f64() > x {
+        k -= 1;
+    }
+    while k < 0xfc00 && f16::from_bits(unkey16(k + 1)).to_f64() <= x {
+        k += 1;
+    }
+    k
 }
 
 /// A group's LUT stored as integer codes: entry `k` decodes to
@@ -891,6 +972,55 @@ mod tests {
             sc.counts.iter().all(|&c| c == 0),
             "scratch counts left dirty"
         );
+    }
+
+    proptest! {
+        /// The fp16 threshold path assigns exactly as the binary search:
+        /// values drawn around the levels and exactly on their midpoints,
+        /// zeros of both signs, subnormals, equal levels.
+        #[test]
+        fn f16_threshold_assignment_equals_search(
+            level_bits in prop::collection::vec(prop_oneof![0u16..0x7c00, 0x8000u16..0xfc00], 1..20),
+            raw in prop::collection::vec(prop_oneof![0u16..0x7c00, 0x8000u16..0xfc00], 0..400),
+            on_mid in prop::collection::vec((0usize..20, 0usize..20), 0..40),
+        ) {
+            let levels: Vec<f64> = level_bits.iter().map(|&b| f16::from_bits(b).to_f64()).collect();
+            let mut values: Vec<f16> = raw.iter().map(|&b| f16::from_bits(b)).collect();
+            for (a, b) in on_mid {
+                let (x, y) = (levels[a % levels.len()], levels[b % levels.len()]);
+                let mid = f16::from_f64(0.5 * (x + y));
+                values.push(mid);
+                values.push(f16::from_bits(mid.to_bits().wrapping_add(1)));
+                values.push(f16::from_bits(mid.to_bits().wrapping_sub(1)));
+            }
+            values.retain(|v| v.is_finite());
+            let mut order: Vec<(f64, usize)> = levels.iter().copied().zip(0..).collect();
+            order.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            order.dedup_by(|b, a| a.0 == b.0);
+            let sorted: Vec<f64> = order.iter().map(|p| p.0).collect();
+            let (fast, fe) = assign_nearest_f16(&values, &sorted, &order);
+            let (slow, se) = assign_nearest_by_search(&values, &sorted, &order);
+            prop_assert_eq!(fast, slow);
+            prop_assert_eq!(fe.sse.to_bits(), se.sse.to_bits());
+            prop_assert_eq!(fe.signal.to_bits(), se.signal.to_bits());
+            prop_assert_eq!(fe.max_abs.to_bits(), se.max_abs.to_bits());
+        }
+    }
+
+    #[test]
+    fn f16_key_at_most_is_exact() {
+        // Every finite fp16 value, and points between neighbours.
+        for bits in finite_f16_ascending() {
+            let x = f16::from_bits(bits).to_f64();
+            assert_eq!(f16_key_at_most(x), key16(bits), "{x}");
+            let up = f16::from_bits(unkey16(key16(bits).wrapping_add(1))).to_f64();
+            if up.is_finite() && up > x {
+                assert_eq!(f16_key_at_most(0.5 * (x + up)), key16(bits), "{x}..{up}");
+            }
+        }
+        assert_eq!(f16_key_at_most(f64::INFINITY), 0xfc00);
+        assert_eq!(f16_key_at_most(f64::NEG_INFINITY), 0x03ff);
+        assert_eq!(f16_key_at_most(-1e300), 0x03ff);
     }
 
     #[test]
