@@ -853,6 +853,9 @@ fn scaled_values<T: Element>(
     })
 }
 
+/// Positions per tile when [`scaled_values_input`] transposes a weight.
+const TILE: usize = 64;
+
 /// Per-channel scales in coremltools' layout: one scale per position off
 /// the channel axis (`s = max |w|` over the channels, `[1, Cin, kh, kw]`
 /// for a conv weight). A LUT group of `gs` channels then needs one stored
@@ -872,32 +875,47 @@ fn scaled_values_input<T: Element>(
     let groups = chans / gs;
     let npos = outer * inner;
     let kept = |i: usize| keep.is_none_or(|k| k[i]);
-    // Element index of (position q, channel c).
-    let at = |q: usize, c: usize| ((q / inner) * chans + c) * inner + q % inner;
-    let scales: Vec<T> = (0..npos)
-        .into_par_iter()
-        .map(|q| {
-            let vals: Vec<T> = (0..chans)
-                .map(|c| at(q, c))
-                .filter(|&i| kept(i))
-                .map(|i| x[i])
-                .collect();
-            row_scale(&vals)
-        })
-        .collect();
+    // Each position's values across a run of channels. Dense weights are
+    // read row by row in tiles of positions (the channel axis is strided:
+    // gathering one position's column at a time misses the cache once per
+    // value on large convs); pruned ones go through the kept mask.
+    let column = |q: usize, cs: std::ops::Range<usize>| -> Vec<T> {
+        let (oi, ii) = (q / inner, q % inner);
+        let base = oi * chans * inner + ii;
+        cs.map(|c| base + c * inner)
+            .filter(|&i| kept(i))
+            .map(|i| x[i])
+            .collect()
+    };
+    let columns = |cs: std::ops::Range<usize>| -> Vec<Vec<T>> {
+        if keep.is_some() {
+            return (0..npos).map(|q| column(q, cs.clone())).collect();
+        }
+        let mut rows: Vec<Vec<T>> = (0..npos).map(|_| Vec::with_capacity(cs.len())).collect();
+        for oi in 0..outer {
+            for t0 in (0..inner).step_by(TILE) {
+                let t1 = (t0 + TILE).min(inner);
+                let out = &mut rows[oi * inner + t0..oi * inner + t1];
+                for c in cs.clone() {
+                    let src = &x[(oi * chans + c) * inner + t0..(oi * chans + c) * inner + t1];
+                    for (r, &v) in out.iter_mut().zip(src) {
+                        r.push(v);
+                    }
+                }
+            }
+        }
+        rows
+    };
+    let scales: Vec<T> = columns(0..chans).par_iter().map(|v| row_scale(v)).collect();
     let res: Vec<_> = (0..groups)
         .into_par_iter()
         .map(|g| {
-            let rows: Vec<Vec<T>> = (0..npos)
-                .map(|q| {
-                    (g * gs..(g + 1) * gs)
-                        .map(|c| at(q, c))
-                        .filter(|&i| kept(i))
-                        .map(|i| x[i])
-                        .collect()
-                })
-                .collect();
-            palettize_scaled(&rows, Some(&scales), nbits, lut_spec)
+            palettize_scaled(
+                &columns(g * gs..(g + 1) * gs),
+                Some(&scales),
+                nbits,
+                lut_spec,
+            )
         })
         .collect();
     let res: Vec<ScaledGroup<T>> = res
@@ -908,9 +926,28 @@ fn scaled_values_input<T: Element>(
     let mut acc = GroupError2::default();
     for (g, sg) in res.iter().enumerate() {
         acc.add(&sg.error);
+        if keep.is_none() {
+            // The transpose back, tile by tile.
+            for oi in 0..outer {
+                for t0 in (0..inner).step_by(TILE) {
+                    let t1 = (t0 + TILE).min(inner);
+                    let idx = &sg.indices[oi * inner + t0..oi * inner + t1];
+                    for (j, c) in (g * gs..(g + 1) * gs).enumerate() {
+                        let dst = &mut dense
+                            [(oi * chans + c) * inner + t0..(oi * chans + c) * inner + t1];
+                        for (d, r) in dst.iter_mut().zip(idx) {
+                            *d = r[j];
+                        }
+                    }
+                }
+            }
+            continue;
+        }
         for (q, idx) in sg.indices.iter().enumerate() {
+            let (oi, ii) = (q / inner, q % inner);
+            let base = oi * chans * inner + ii;
             let pos = (g * gs..(g + 1) * gs)
-                .map(|c| at(q, c))
+                .map(|c| base + c * inner)
                 .filter(|&i| kept(i));
             for (p, &v) in pos.zip(idx) {
                 dense[p] = v;
@@ -984,6 +1021,43 @@ fn group_err(e: GroupError) -> String {
         GroupError::NonFinite => "contains NaN or infinity".into(),
         GroupError::TooManyUnique(n) => {
             format!("{n} unique values do not fit the requested nbits (mode unique)")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::f16;
+
+    /// The tiled transpose of a dense weight gives what the per-value
+    /// gather (the path pruned weights take, here with everything kept)
+    /// gives: same indices, LUTs, scales and error sums, with positions on
+    /// both sides of the channel axis and tiles that do not divide them.
+    #[test]
+    fn tiled_columns_equal_the_gather() {
+        let shape = [3usize, 32, 70, 2];
+        let n: usize = shape.iter().product();
+        let mut s = 0x2545_f491_4f6c_dd1du64;
+        let x: Vec<f16> = (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                f16::from_f64(((s >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 0.1)
+            })
+            .collect();
+        let all = vec![true; n];
+        for (axis, gs) in [(1usize, 16usize), (1, 32), (0, 3)] {
+            let a = scaled_values_input(&x, &shape, axis, None, gs, 4, None).expect("dense");
+            let b = scaled_values_input(&x, &shape, axis, Some(&all), gs, 4, None).expect("kept");
+            assert_eq!(a.indices, b.indices, "axis {axis} gs {gs}");
+            assert_eq!(a.lut, b.lut);
+            assert_eq!(a.grid, b.grid);
+            assert_eq!(a.error.sse.to_bits(), b.error.sse.to_bits());
+            let (sa, sb) = (a.stored.expect("stored"), b.stored.expect("stored"));
+            assert_eq!(sa.scales, sb.scales);
+            assert_eq!(sa.values, sb.values);
         }
     }
 }
