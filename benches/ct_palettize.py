@@ -4,7 +4,7 @@
 USAGE
     ct_palettize.py MODEL.mlpackage -o OUT.mlpackage [--mode kmeans] [--nbits 4]
         [--granularity per_tensor|per_grouped_channel] [--group-size 16]
-        [--weight-threshold 2048] [--keep-output]
+        [--weight-threshold 2048] [--per-channel-scale] [--keep-output]
     ct_palettize.py --load-check MODEL.mlpackage
 
 Runs, in one process, exactly what a coremltools 9.0 user runs:
@@ -133,6 +133,8 @@ def main():
     ap.add_argument("--group-size", type=int, default=None)
     ap.add_argument("--weight-threshold", type=int, default=2048)
     ap.add_argument("--keep-output", action="store_true")
+    ap.add_argument("--per-channel-scale", action="store_true",
+                    help="enable_per_channel_scale=True (what `sdcompress palettize --per-channel-scale` matches)")
     a = ap.parse_args()
     if not a.load_check and not a.output:
         ap.error("-o/--output is required (unless --load-check)")
@@ -167,6 +169,8 @@ def main():
               "weight_threshold": a.weight_threshold}
         if a.granularity == "per_grouped_channel" and a.group_size is not None:
             kw["group_size"] = a.group_size
+        if a.per_channel_scale:
+            kw["enable_per_channel_scale"] = True
         res["config"] = {"global_config": {"OpPalettizerConfig": kw}}
         config = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(**kw))
 

@@ -7,13 +7,17 @@
 # runs under /usr/bin/time -v: wall seconds, CPU seconds (user + sys), peak RSS; the table gives
 # the coremltools / sdcompress wall and CPU ratios and both weight.bin sizes.
 #
+# BENCH_PCS=1 measures 4-bit per-tensor palettization with per-channel scales instead
+# (`sdcompress palettize --nbits 4 --per-channel-scale` vs palettize_weights with
+# enable_per_channel_scale=True, benches/ct_palettize.py), the issue's second speed target.
+#
 # With BENCH_SD15=1 a third model is added: a synthetic SD-1.5-shaped UNet (examples/synth_unet.rs
 # --arch sd15, 860 M fp16 parameters, 1.7 GB; ~3.5 GB of RSS for coremltools), or the package
 # BENCH_REUSE/sd15.mlpackage when that exists.
 #
 # Environment: BENCH_PYTHON (Python with coremltools 9.0; default .venv/bin/python),
 # BENCH_DIR (temporary directory parent; default target/), BENCH_THREADS (sdcompress --threads),
-# BENCH_SD15=1, BENCH_REUSE=DIR.
+# BENCH_PCS=1, BENCH_SD15=1, BENCH_REUSE=DIR.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -49,8 +53,15 @@ size() { du -sb "$1/Data/com.apple.CoreML/weights" | cut -f1; }
 printf '%-12s %-12s %8s %8s %9s %12s\n' model tool wall_s cpu_s rss_MB weight.bin
 for m in "${models[@]}"; do
     name=$(basename "$m" .mlpackage)
-    read -r cw cc cr < <(measure "$dir/ct.log" "$py" benches/ct_quantize.py "$m" "$dir/ct.mlpackage")
-    read -r sw sc sr < <(measure "$dir/sd.log" "$sd" -q quantize "$m" -o "$dir/sd.mlpackage" "${threads[@]}")
+    if [ "${BENCH_PCS:-0}" = 1 ]; then
+        read -r cw cc cr < <(measure "$dir/ct.log" "$py" benches/ct_palettize.py "$m" -o "$dir/ct.mlpackage" \
+            --nbits 4 --per-channel-scale --keep-output)
+        read -r sw sc sr < <(measure "$dir/sd.log" "$sd" -q palettize "$m" -o "$dir/sd.mlpackage" \
+            --nbits 4 --per-channel-scale "${threads[@]}")
+    else
+        read -r cw cc cr < <(measure "$dir/ct.log" "$py" benches/ct_quantize.py "$m" "$dir/ct.mlpackage")
+        read -r sw sc sr < <(measure "$dir/sd.log" "$sd" -q quantize "$m" -o "$dir/sd.mlpackage" "${threads[@]}")
+    fi
     printf '%-12s %-12s %8s %8s %9s %12s\n' "${name:0:12}" coremltools "$cw" "$cc" "$cr" "$(size "$dir/ct.mlpackage")"
     printf '%-12s %-12s %8s %8s %9s %12s\n' "${name:0:12}" sdcompress "$sw" "$sc" "$sr" "$(size "$dir/sd.mlpackage")"
     awk -v a="$cw" -v b="$sw" -v c="$cc" -v d="$sc" 'BEGIN {printf "%-12s ratio ct/sd: wall %.1fx, cpu %.1fx\n", "", a/(b>0?b:0.01), c/(d>0?d:0.01)}'
