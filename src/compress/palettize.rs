@@ -853,6 +853,39 @@ fn scaled_values<T: Element>(
     })
 }
 
+/// [`row_scale`] of every position's values across all `chans` channels
+/// of a dense `[outer, chans, inner]` weight, read row by row (max |w| in
+/// f32 is exact, as in `row_scale`).
+fn position_scales<T: Element>(x: &[T], outer: usize, chans: usize, inner: usize) -> Vec<T> {
+    let per_outer: Vec<Vec<f32>> = (0..outer)
+        .into_par_iter()
+        .map(|oi| {
+            let mut m = vec![0f32; inner];
+            let mut wide = vec![0f32; inner];
+            for c in 0..chans {
+                let start = (oi * chans + c) * inner;
+                T::widen_slice(&x[start..start + inner], &mut wide);
+                for (a, w) in m.iter_mut().zip(&wide) {
+                    *a = a.max(w.abs());
+                }
+            }
+            m
+        })
+        .collect();
+    per_outer
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            let s = T::from_f64(f64::from(m));
+            if s.to_f64() > 0.0 {
+                s
+            } else {
+                T::from_f64(1.0)
+            }
+        })
+        .collect()
+}
+
 /// Positions per tile when [`scaled_values_input`] transposes a weight.
 const TILE: usize = 64;
 
@@ -891,22 +924,27 @@ fn scaled_values_input<T: Element>(
         if keep.is_some() {
             return (0..npos).map(|q| column(q, cs.clone())).collect();
         }
-        let mut rows: Vec<Vec<T>> = (0..npos).map(|_| Vec::with_capacity(cs.len())).collect();
+        let mut rows: Vec<Vec<T>> = (0..npos).map(|_| vec![T::ZERO; cs.len()]).collect();
         for oi in 0..outer {
+            let block = &x[oi * chans * inner..(oi + 1) * chans * inner];
             for t0 in (0..inner).step_by(TILE) {
                 let t1 = (t0 + TILE).min(inner);
-                let out = &mut rows[oi * inner + t0..oi * inner + t1];
-                for c in cs.clone() {
-                    let src = &x[(oi * chans + c) * inner + t0..(oi * chans + c) * inner + t1];
-                    for (r, &v) in out.iter_mut().zip(src) {
-                        r.push(v);
+                // Row by row of the tile: the tile's channel lines stay in
+                // cache while each position's values are written in order.
+                for (t, row) in (t0..t1).zip(&mut rows[oi * inner + t0..oi * inner + t1]) {
+                    for (d, c) in row.iter_mut().zip(cs.clone()) {
+                        *d = block[c * inner + t];
                     }
                 }
             }
         }
         rows
     };
-    let scales: Vec<T> = columns(0..chans).par_iter().map(|v| row_scale(v)).collect();
+    let scales: Vec<T> = if keep.is_some() {
+        columns(0..chans).par_iter().map(|v| row_scale(v)).collect()
+    } else {
+        position_scales(x, outer, chans, inner)
+    };
     let res: Vec<_> = (0..groups)
         .into_par_iter()
         .map(|g| {

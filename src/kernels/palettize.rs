@@ -12,6 +12,8 @@
 use super::kmeans::{kmeans_1d, Histogram};
 use super::quantize::{dequantize, params, quantize, Params, Spec, Store};
 use half::f16;
+use half::slice::HalfFloatSliceExt;
+use rayon::prelude::*;
 
 /// How LUT entries are chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -352,6 +354,16 @@ pub trait Element: Copy + Send + Sync + 'static {
     fn from_f32(x: f32) -> Self;
     /// `x` rounded to this type (nearest, ties to even).
     fn from_f64(x: f64) -> Self;
+    /// Exact widening of a slice into `dst` (same length).
+    fn widen_slice(src: &[Self], dst: &mut [f32]);
+    /// `dst[i] = src[i] / s` rounded once to this type (nearest, ties to
+    /// even); `dst` has `src`'s length.
+    fn divide_slice(src: &[Self], s: Self, dst: &mut [Self]) {
+        let s = s.to_f64();
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = Self::from_f64(v.to_f64() / s);
+        }
+    }
 }
 
 impl Element for f16 {
@@ -387,6 +399,25 @@ impl Element for f16 {
     fn from_f64(x: f64) -> Self {
         f16::from_f64(x)
     }
+    fn widen_slice(src: &[Self], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst);
+    }
+    /// Through f32: the quotient of two fp16 values rounded to f32 and then
+    /// to fp16 is the correctly rounded quotient (f32 carries 24 ≥ 2·11 + 2
+    /// bits, so the double rounding is innocuous for division), and both
+    /// conversions run in bulk (F16C where the CPU has it).
+    fn divide_slice(src: &[Self], s: Self, dst: &mut [Self]) {
+        let s = s.to_f32();
+        let mut buf = [0f32; 256];
+        for (sc, dc) in src.chunks(256).zip(dst.chunks_mut(256)) {
+            let b = &mut buf[..sc.len()];
+            sc.convert_to_f32_slice(b);
+            for x in b.iter_mut() {
+                *x /= s;
+            }
+            dc.convert_from_f32_slice(b);
+        }
+    }
 }
 
 impl Element for f32 {
@@ -412,6 +443,9 @@ impl Element for f32 {
     }
     fn from_f64(x: f64) -> Self {
         x as f32
+    }
+    fn widen_slice(src: &[Self], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
     }
 }
 
@@ -652,10 +686,15 @@ fn scaled_histogram_by<T: Element>(rows: &[Vec<T>], scales: &[T], table: bool) -
     if table {
         let mut table = vec![0f64; 1 << 16];
         let mut seen = vec![false; 1 << 16];
+        let mut u = Vec::new();
         for (r, s) in rows.iter().zip(scales) {
+            u.resize(r.len(), T::ZERO);
+            T::divide_slice(r, *s, &mut u);
             let s = s.to_f64();
-            for &v in r {
-                let b = u_of(v, s).pattern() as usize;
+            for &q in &u {
+                // -0 counts as 0 (this path is fp16-only: -0 is 0x8000).
+                let b = q.pattern() as usize;
+                let b = if b == 0x8000 { 0 } else { b };
                 table[b] += s * s;
                 seen[b] = true;
             }
@@ -713,8 +752,13 @@ pub fn palettize_scaled<T: Element>(
     lut_spec: Option<Spec>,
 ) -> Result<ScaledGroup<T>, GroupError> {
     let k = 1usize << nbits;
-    if rows.iter().flatten().any(|v| !v.to_f64().is_finite()) {
-        return Err(GroupError::NonFinite);
+    let mut wide = Vec::new();
+    for r in rows {
+        wide.resize(r.len(), 0f32);
+        T::widen_slice(r, &mut wide);
+        if !wide.iter().all(|x| x.is_finite()) {
+            return Err(GroupError::NonFinite);
+        }
     }
     let scales: Vec<T> = match scales {
         Some(s) => s.to_vec(),
@@ -763,14 +807,23 @@ pub fn palettize_scaled<T: Element>(
             )
         }
     };
+    // Rows are independent (a tensor in one group can have thousands):
+    // assigned in parallel, their error sums added in row order.
+    let per_row: Vec<(Vec<T>, Vec<u8>, GroupError2)> = rows
+        .par_iter()
+        .zip(&row_scale)
+        .map(|(r, s)| {
+            // Core ML multiplies in the dtype: one rounding of the exact product.
+            let lv: Vec<T> = data.iter().map(|&d| T::from_f64(s.to_f64() * d)).collect();
+            let lf: Vec<f64> = lv.iter().map(|x| x.to_f64()).collect();
+            let (idx, e) = assign_nearest(r, &lf);
+            (lv, idx, e)
+        })
+        .collect();
     let mut error = GroupError2::default();
     let mut levels = Vec::with_capacity(rows.len());
     let mut indices = Vec::with_capacity(rows.len());
-    for (r, s) in rows.iter().zip(&row_scale) {
-        // Core ML multiplies in the dtype: one rounding of the exact product.
-        let lv: Vec<T> = data.iter().map(|&d| T::from_f64(s.to_f64() * d)).collect();
-        let lf: Vec<f64> = lv.iter().map(|x| x.to_f64()).collect();
-        let (idx, e) = assign_nearest(r, &lf);
+    for (lv, idx, e) in per_row {
         error.add(&e);
         levels.push(lv);
         indices.push(idx);
@@ -788,8 +841,14 @@ pub fn palettize_scaled<T: Element>(
 /// The scale of values `r`: max |w| in the weight's dtype, 1 when all are
 /// zero (so that nothing is divided by 0).
 pub fn row_scale<T: Element>(r: &[T]) -> T {
-    let m = r.iter().fold(0f64, |m, v| m.max(v.to_f64().abs()));
-    let s = T::from_f64(m);
+    let mut buf = [0f32; 256];
+    let mut m = 0f32;
+    for c in r.chunks(256) {
+        let b = &mut buf[..c.len()];
+        T::widen_slice(c, b);
+        m = b.iter().fold(m, |m, x| m.max(x.abs()));
+    }
+    let s = T::from_f64(f64::from(m));
     if s.to_f64() > 0.0 {
         s
     } else {
@@ -1004,6 +1063,27 @@ mod tests {
             prop_assert_eq!(fe.sse.to_bits(), se.sse.to_bits());
             prop_assert_eq!(fe.signal.to_bits(), se.signal.to_bits());
             prop_assert_eq!(fe.max_abs.to_bits(), se.max_abs.to_bits());
+        }
+    }
+
+    #[test]
+    fn f16_divide_slice_is_correctly_rounded() {
+        // Every finite fp16 numerator against divisors spread over the
+        // range (subnormal to large, both signs), against one rounding of
+        // the f64 quotient (exact to 53 bits, far more than needed).
+        let nums: Vec<f16> = finite_f16_ascending().map(f16::from_bits).collect();
+        let mut got = vec![f16::ZERO; nums.len()];
+        let divisors = (1..0x7c00u16)
+            .step_by(97)
+            .chain([0x0001, 0x03ff, 0x0400, 0x3c00, 0x7bff])
+            .flat_map(|b| [b, b | 0x8000])
+            .map(f16::from_bits);
+        for d in divisors {
+            f16::divide_slice(&nums, d, &mut got);
+            for (v, g) in nums.iter().zip(&got) {
+                let want = f16::from_f64(v.to_f64() / d.to_f64());
+                assert_eq!(g.to_bits(), want.to_bits(), "{v} / {d}");
+            }
         }
     }
 
