@@ -12,8 +12,9 @@
 //!
 //! `cost` satisfies the quadrangle inequality, so the optimal `l` is
 //! non-decreasing in `i` and each layer can be solved by divide and
-//! conquer in O(m log m); the split of row `i` is also bounded below by
-//! the previous layer's split of the same row.
+//! conquer in O(m log m) (here as a loop over strides, see
+//! `layer_solver!`); the split of row `i` is also bounded below by the
+//! previous layer's split of the same row.
 //!
 //! Two exact reductions cut the work roughly in half on UNet weights:
 //!
