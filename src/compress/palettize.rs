@@ -17,7 +17,8 @@ use super::emit::{Lut, LutStored};
 use super::pass::{Compressed, Decision, TargetOptions, WeightData, WeightPass, WeightRewriter};
 use super::select::{channel_axis, Selection, Source, Weight};
 use crate::kernels::palettize::{
-    palettize_scaled, quantize_lut, row_scale, Element, GroupError, GroupError2, Mode, ScaledGroup,
+    palettize_scaled, quantize_lut, row_scale, scale_of_max, Element, GroupError, GroupError2,
+    Mode, ScaledGroup,
 };
 use crate::kernels::quantize::{QType, Spec};
 use crate::kernels::vkmeans::kmeans_vectors;
@@ -872,18 +873,7 @@ fn position_scales<T: Element>(x: &[T], outer: usize, chans: usize, inner: usize
             m
         })
         .collect();
-    per_outer
-        .into_iter()
-        .flatten()
-        .map(|m| {
-            let s = T::from_f64(f64::from(m));
-            if s.to_f64() > 0.0 {
-                s
-            } else {
-                T::from_f64(1.0)
-            }
-        })
-        .collect()
+    per_outer.into_iter().flatten().map(scale_of_max).collect()
 }
 
 /// Positions per tile when [`scaled_values_input`] transposes a weight.

@@ -517,10 +517,7 @@ fn assign_nearest_f16<T: Element>(
         }
     }
     let mut xs = vec![0f32; values.len()];
-    half::slice::HalfFloatSliceExt::convert_to_f32_slice(
-        half::slice::HalfBitsSliceExt::reinterpret_cast::<f16>(&bits[..]),
-        &mut xs,
-    );
+    half::slice::HalfBitsSliceExt::reinterpret_cast::<f16>(&bits[..]).convert_to_f32_slice(&mut xs);
     let mut error = GroupError2::default();
     let index: Vec<u8> = order.iter().map(|p| p.1 as u8).collect();
     let indices = rank
@@ -674,19 +671,11 @@ fn scaled_histogram<T: Element>(rows: &[Vec<T>], scales: &[T]) -> Histogram {
 /// [`scaled_histogram`] with the path chosen: `table` (fp16 only) or sort.
 fn scaled_histogram_by<T: Element>(rows: &[Vec<T>], scales: &[T], table: bool) -> Histogram {
     let n: usize = rows.iter().map(Vec::len).sum();
-    let u_of = |v: T, s: f64| {
-        let u = T::from_f64(v.to_f64() / s);
-        if u.to_f64() == 0.0 {
-            T::ZERO
-        } else {
-            u
-        }
-    };
     let mut hist = Histogram::default();
+    let mut u = Vec::new();
     if table {
         let mut table = vec![0f64; 1 << 16];
         let mut seen = vec![false; 1 << 16];
-        let mut u = Vec::new();
         for (r, s) in rows.iter().zip(scales) {
             u.resize(r.len(), T::ZERO);
             T::divide_slice(r, *s, &mut u);
@@ -710,9 +699,13 @@ fn scaled_histogram_by<T: Element>(rows: &[Vec<T>], scales: &[T], table: bool) -
     }
     let mut pairs: Vec<(f64, f64)> = Vec::with_capacity(n);
     for (r, s) in rows.iter().zip(scales) {
+        u.resize(r.len(), T::ZERO);
+        T::divide_slice(r, *s, &mut u);
         let s = s.to_f64();
-        for &v in r {
-            pairs.push((u_of(v, s).to_f64(), s * s));
+        for &q in &u {
+            // -0 counts as 0.
+            let q = q.to_f64();
+            pairs.push((if q == 0.0 { 0.0 } else { q }, s * s));
         }
     }
     pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -848,6 +841,12 @@ pub fn row_scale<T: Element>(r: &[T]) -> T {
         T::widen_slice(c, b);
         m = b.iter().fold(m, |m, x| m.max(x.abs()));
     }
+    scale_of_max(m)
+}
+
+/// The scale stored for a max |w| of `m`: `m` in the weight's dtype, 1
+/// when that is 0.
+pub fn scale_of_max<T: Element>(m: f32) -> T {
     let s = T::from_f64(f64::from(m));
     if s.to_f64() > 0.0 {
         s
