@@ -54,6 +54,9 @@ export SDCOMPRESS_PYTHON="$py"
 export SDCOMPRESS_REQUIRE_INTEROP=1
 export PYTHONDONTWRITEBYTECODE=1
 export TQDM_DISABLE=1
+# A one-shot test build gains nothing from incremental compilation, whose caches took about 3 GB
+# of the target directory (a CI machine's disk can be small). A developer may set it back to 1.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 oracle=""
 if [ -f "$repo/../shared/oracle/verify.py" ]; then
@@ -120,4 +123,5 @@ else
 fi
 
 step "all checks passed"
+du -sh "${CARGO_TARGET_DIR:-$repo/target}" 2>/dev/null | sed 's/\t/ /; s/^/target directory: /' || true
 echo "${passed} passed, ${failed} failed"
