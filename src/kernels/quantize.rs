@@ -245,6 +245,26 @@ fn quantize_segment(
     hi: i32,
     store: Store,
 ) -> (f64, f64, f64) {
+    #[cfg(target_arch = "x86_64")]
+    let simd = avx2_f16c();
+    #[cfg(not(target_arch = "x86_64"))]
+    let simd = false;
+    quantize_segment_with(xs, codes, p, lo, hi, store, simd)
+}
+
+/// [`quantize_segment`], with the SIMD loop allowed or not (the tests run
+/// both on the same input).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn quantize_segment_with(
+    xs: &[f32],
+    codes: &mut [u8],
+    p: Params,
+    lo: i32,
+    hi: i32,
+    store: Store,
+    simd_ok: bool,
+) -> (f64, f64, f64) {
     let reach = (lo - p.zero_point).abs().max((hi - p.zero_point).abs());
     let fast = match store {
         Store::F16 => f64::from(p.scale) * f64::from(reach) < 65504.0,
@@ -254,7 +274,22 @@ fn quantize_segment(
     let mut sse = [0f64; LANES];
     let mut mx = [0f64; LANES];
     let n = xs.len() / LANES * LANES;
-    if fast {
+    if fast && simd_ok {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `avx2_f16c()` checked that the CPU has both features.
+        unsafe {
+            segment_avx2(
+                &xs[..n],
+                &mut codes[..n],
+                p,
+                lo,
+                hi,
+                &mut sig,
+                &mut sse,
+                &mut mx,
+            );
+        }
+    } else if fast {
         let scale = f64::from(p.scale);
         let zp = f64::from(p.zero_point);
         let (flo, fhi) = (f64::from(lo), f64::from(hi));
@@ -316,6 +351,140 @@ fn quantize_segment(
         sse.iter().sum(),
         mx.iter().fold(0f64, |a, &b| a.max(b)),
     )
+}
+
+/// Whether the CPU runs [`segment_avx2`] (AVX2 and F16C).
+#[cfg(target_arch = "x86_64")]
+fn avx2_f16c() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("f16c")
+}
+
+/// The fast loop of [`quantize_segment`] on 8 values per step, with the
+/// same result bit for bit: the same codes, and the same partial sums in the
+/// same lanes (value `t` of the segment goes to lane `t % 8`, each lane's
+/// sums taken in the same order with the same f64 operations).
+///
+/// Per value, as the scalar loop: the candidate is `w / scale` rounded
+/// half to even, plus the zero point, clamped. The quotient is taken in f32
+/// here and in f64 there, with the same rounded integer: `w` and `scale`
+/// are fp16 values (11-bit significands `A·2^a`, `B·2^b`), so an exact
+/// quotient that is not itself a half-integer `h + ½` differs from it by at
+/// least `1 / (2^11·(2h+1))` relative, far more than f32's `2^-24` rounding
+/// while `|h| < 4095`; larger quotients are clamped to the same end code
+/// either way (codes span at most 256, zero points lie inside them). An
+/// exact half-integer below 2^13 is exact in f32 too. The
+/// decoded level `scale · (q − zp)` is exact in f32 and is rounded to fp16
+/// by F16C's conversion (round to nearest even, subnormals included: the
+/// same value as [`round_to_f16_finite`] below fp16's largest finite value,
+/// which the caller guarantees). The neighbour on `w`'s side is checked and
+/// taken only if strictly nearer, the errors compared in f64 (exact: f32
+/// values differ by an exact f64). `xs.len()` and `codes.len()` are equal
+/// multiples of 8.
+///
+/// # Safety
+/// The CPU must have AVX2 and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn segment_avx2(
+    xs: &[f32],
+    codes: &mut [u8],
+    p: Params,
+    lo: i32,
+    hi: i32,
+    sig: &mut [f64; LANES],
+    sse: &mut [f64; LANES],
+    mx: &mut [f64; LANES],
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(xs.len() == codes.len() && xs.len() % LANES == 0);
+    const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    // The level of code q, rounded to fp16 and back (exact conversions).
+    #[inline(always)]
+    unsafe fn level(q: __m256, zp: __m256, scale: __m256) -> __m256 {
+        let v = _mm256_mul_ps(scale, _mm256_sub_ps(q, zp));
+        _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v))
+    }
+    let scale = _mm256_set1_ps(p.scale);
+    let zp = _mm256_set1_ps(p.zero_point as f32);
+    let (flo, fhi) = (_mm256_set1_ps(lo as f32), _mm256_set1_ps(hi as f32));
+    let (one, minus_one) = (_mm256_set1_ps(1.0), _mm256_set1_ps(-1.0));
+    let abs_mask = _mm256_castsi256_pd(_mm256_set1_epi64x(i64::MAX));
+    // Low byte of each 32-bit lane, in lane order, into the low 4 bytes of
+    // each 128-bit half.
+    let low_bytes = _mm256_setr_epi8(
+        0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, //
+        0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    );
+    let mut acc_sig = [
+        _mm256_loadu_pd(sig.as_ptr()),
+        _mm256_loadu_pd(sig.as_ptr().add(4)),
+    ];
+    let mut acc_sse = [
+        _mm256_loadu_pd(sse.as_ptr()),
+        _mm256_loadu_pd(sse.as_ptr().add(4)),
+    ];
+    let mut acc_mx = [
+        _mm256_loadu_pd(mx.as_ptr()),
+        _mm256_loadu_pd(mx.as_ptr().add(4)),
+    ];
+    for (cs, ws) in codes.chunks_exact_mut(LANES).zip(xs.chunks_exact(LANES)) {
+        let w = _mm256_loadu_ps(ws.as_ptr());
+        let wd = [
+            _mm256_cvtps_pd(_mm256_castps256_ps128(w)),
+            _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(w)),
+        ];
+        // rint(w / scale), in f32: see the notes above on why it equals
+        // the f64 candidate for fp16 values.
+        let x = _mm256_round_ps::<NEAREST>(_mm256_div_ps(w, scale));
+        let q0 = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(x, zp), flo), fhi);
+        let d0 = level(q0, zp, scale);
+        // Towards w: -1 below d0, +1 otherwise (as copysign(1, w - d0)).
+        let side = _mm256_blendv_ps(one, minus_one, _mm256_cmp_ps::<_CMP_LT_OQ>(w, d0));
+        let q1 = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(q0, side), flo), fhi);
+        let d1 = level(q1, zp, scale);
+        let mut q = [_mm_setzero_si128(); 2];
+        for h in 0..2 {
+            let (d0h, d1h, q0h, q1h) = if h == 0 {
+                (
+                    _mm256_castps256_ps128(d0),
+                    _mm256_castps256_ps128(d1),
+                    _mm256_castps256_ps128(q0),
+                    _mm256_castps256_ps128(q1),
+                )
+            } else {
+                (
+                    _mm256_extractf128_ps::<1>(d0),
+                    _mm256_extractf128_ps::<1>(d1),
+                    _mm256_extractf128_ps::<1>(q0),
+                    _mm256_extractf128_ps::<1>(q1),
+                )
+            };
+            let e0 = _mm256_and_pd(_mm256_sub_pd(_mm256_cvtps_pd(d0h), wd[h]), abs_mask);
+            let e1 = _mm256_and_pd(_mm256_sub_pd(_mm256_cvtps_pd(d1h), wd[h]), abs_mask);
+            let take = _mm256_cmp_pd::<_CMP_LT_OQ>(e1, e0);
+            let e = _mm256_blendv_pd(e0, e1, take);
+            let qd = _mm256_blendv_pd(_mm256_cvtps_pd(q0h), _mm256_cvtps_pd(q1h), take);
+            q[h] = _mm256_cvtpd_epi32(qd);
+            acc_sig[h] = _mm256_add_pd(acc_sig[h], _mm256_mul_pd(wd[h], wd[h]));
+            acc_sse[h] = _mm256_add_pd(acc_sse[h], _mm256_mul_pd(e, e));
+            // e > mx ? e : mx, as the scalar loop (e is never NaN).
+            acc_mx[h] = _mm256_max_pd(e, acc_mx[h]);
+        }
+        // Eight i32 codes; their low bytes are the two's-complement bytes.
+        let q32 = _mm256_set_m128i(q[1], q[0]);
+        let b = _mm256_shuffle_epi8(q32, low_bytes);
+        let lo4 = _mm_cvtsi128_si32(_mm256_castsi256_si128(b)) as u32;
+        let hi4 = _mm_cvtsi128_si32(_mm256_extracti128_si256::<1>(b)) as u32;
+        let bytes = (u64::from(hi4) << 32 | u64::from(lo4)).to_le_bytes();
+        cs.copy_from_slice(&bytes);
+    }
+    _mm256_storeu_pd(sig.as_mut_ptr(), acc_sig[0]);
+    _mm256_storeu_pd(sig.as_mut_ptr().add(4), acc_sig[1]);
+    _mm256_storeu_pd(sse.as_mut_ptr(), acc_sse[0]);
+    _mm256_storeu_pd(sse.as_mut_ptr().add(4), acc_sse[1]);
+    _mm256_storeu_pd(mx.as_mut_ptr(), acc_mx[0]);
+    _mm256_storeu_pd(mx.as_mut_ptr().add(4), acc_mx[1]);
 }
 
 /// `a` if `c` else `b`, by bit masks.
@@ -872,6 +1041,76 @@ mod tests {
     /// (per channel and per block grids, every code type and mode), with
     /// values sitting on and around decision midpoints; the error sums are
     /// the same bits with 1 and 3 threads.
+    /// The AVX2 loop gives the scalar loop's codes and partial sums bit for
+    /// bit, over every finite fp16 value within range, for scales from
+    /// subnormal to large, every code type and mode (the scalar loop is the
+    /// one `chunked_codes_match_the_literal_rule` checks against the
+    /// literal rule).
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn simd_segment_equals_the_scalar_loop() {
+        if !avx2_f16c() {
+            eprintln!("skipped: this CPU has no AVX2+F16C");
+            return;
+        }
+        let all: Vec<f32> = (0..=u16::MAX)
+            .map(|b| f16::from_bits(b).to_f32())
+            .filter(|v| v.is_finite())
+            .collect();
+        let scales = [
+            f16::from_bits(1).to_f32(),
+            f16::from_bits(0x0155).to_f32(),
+            6.103_515_6e-5,
+            1e-3,
+            0.0123,
+            0.333,
+            1.0,
+            3.7,
+            100.0,
+            250.0,
+        ];
+        let mut checked = 0usize;
+        for &t in &ALL {
+            for symmetric in [true, false] {
+                let (lo, hi) = t.range(symmetric);
+                let zps: &[i32] = if symmetric {
+                    &[if t.signed() { 0 } else { hi / 2 }]
+                } else {
+                    &[lo, (lo + hi) / 2, hi, lo + 3]
+                };
+                for &scale in &scales {
+                    for &zero_point in zps {
+                        let p = Params {
+                            scale: f16::from_f32(scale).to_f32(),
+                            zero_point,
+                        };
+                        let reach = (lo - zero_point).abs().max((hi - zero_point).abs());
+                        let lim = f64::from(p.scale) * f64::from(reach);
+                        if lim >= 65504.0 {
+                            continue;
+                        }
+                        // Values a little beyond the levels too (clamped).
+                        let xs: Vec<f32> = all
+                            .iter()
+                            .copied()
+                            .filter(|v| f64::from(v.abs()) <= 1.5 * lim + 1e-3)
+                            .collect();
+                        let n = xs.len() / LANES * LANES;
+                        let (xs, mut a, mut b) = (&xs[..n], vec![0u8; n], vec![0u8; n]);
+                        let ra = quantize_segment_with(xs, &mut a, p, lo, hi, Store::F16, true);
+                        let rb = quantize_segment_with(xs, &mut b, p, lo, hi, Store::F16, false);
+                        assert_eq!(a, b, "{t:?} sym={symmetric} scale={scale} zp={zero_point}");
+                        assert_eq!(ra.0.to_bits(), rb.0.to_bits());
+                        assert_eq!(ra.1.to_bits(), rb.1.to_bits());
+                        assert_eq!(ra.2.to_bits(), rb.2.to_bits());
+                        checked += n;
+                    }
+                }
+            }
+        }
+        assert!(checked > 1_000_000, "{checked}");
+    }
+
     #[test]
     fn chunked_codes_match_the_literal_rule() {
         let shape = [96usize, 2100];
