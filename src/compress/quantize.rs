@@ -12,7 +12,9 @@ use super::select::{channel_axis, Selection, Source, Weight};
 
 /// Reason joint sparse + quantized ops need iOS18.
 pub const JOINT_QUANT_NEEDS_IOS18: &str = "joint sparse + quantized weights";
-use crate::kernels::quantize::{quantize_blocks, QType, QuantError, Spec, Store};
+use crate::kernels::quantize::{
+    quantize_blocks, quantize_blocks_f16, QType, QuantError, Spec, Store,
+};
 use crate::mil::value::BlobFiles;
 use crate::mil::{DType, Data, FunctionIndex};
 use crate::package::Package;
@@ -196,21 +198,20 @@ impl WeightPass for Quantize {
 
     fn compute(&self, input: WeightData, p: &QuantPlan) -> Result<Compressed, String> {
         let t = input.tensor;
-        let (x, store) = match &t.data {
-            Data::F16(v) => {
-                // One SIMD conversion where the CPU has F16C.
-                let mut x = vec![0f32; v.len()];
-                half::slice::HalfFloatSliceExt::convert_to_f32_slice(&v[..], &mut x);
-                (x, Store::F16)
-            }
-            Data::F32(v) => (v.clone(), Store::F32),
-            _ => return Err(format!("dtype {} is not fp16/fp32", t.dtype)),
-        };
         let spec = Spec {
             qtype: p.qtype,
             symmetric: p.mode == QuantMode::LinearSymmetric,
         };
-        let q = quantize_blocks(&x, &t.shape, &p.grid, spec, store).map_err(|e| match e {
+        // fp16 weights are read in place (widened 8 values at a time).
+        let (q, store) = match &t.data {
+            Data::F16(v) => (quantize_blocks_f16(v, &t.shape, &p.grid, spec), Store::F16),
+            Data::F32(v) => (
+                quantize_blocks(v, &t.shape, &p.grid, spec, Store::F32),
+                Store::F32,
+            ),
+            _ => return Err(format!("dtype {} is not fp16/fp32", t.dtype)),
+        };
+        let q = q.map_err(|e| match e {
             QuantError::NonFinite => "contains NaN or infinity".to_string(),
             QuantError::BadGrid => "block grid does not divide the shape".to_string(),
         })?;
@@ -226,7 +227,8 @@ impl WeightPass for Quantize {
                 } else {
                     DType::Int4
                 },
-                Data::I8(q.codes.iter().map(|&c| c as i8).collect()),
+                // Same size and alignment: collected in place, no copy.
+                Data::I8(q.codes.into_iter().map(|c| c as i8).collect()),
                 any_offset.then(|| Data::I8(q.params.iter().map(|p| p.zero_point as i8).collect())),
             )
         } else {

@@ -225,6 +225,74 @@ fn quantize_decoded(w: f32, p: Params, lo: i32, hi: i32, store: Store) -> (i32, 
 /// Lanes of the segment loop's partial sums.
 const LANES: usize = 8;
 
+/// Values the kernels read: fp32, or fp16 widened on the fly (so an fp16
+/// weight is never copied into an f32 buffer as a whole).
+pub trait Element: Copy + Send + Sync + 'static {
+    /// `xs` as f32: itself, or widened into `buf` (at least as long).
+    fn as_f32<'a>(xs: &'a [Self], buf: &'a mut [f32]) -> &'a [f32];
+
+    /// Eight values from `ptr` as f32 lanes.
+    ///
+    /// # Safety
+    /// `ptr` must point at 8 readable values, and the CPU must have AVX2 and
+    /// F16C.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(ptr: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl Element for f32 {
+    #[inline(always)]
+    fn as_f32<'a>(xs: &'a [f32], _buf: &'a mut [f32]) -> &'a [f32] {
+        xs
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(ptr: *const f32) -> std::arch::x86_64::__m256 {
+        std::arch::x86_64::_mm256_loadu_ps(ptr)
+    }
+}
+
+impl Element for half::f16 {
+    #[inline(always)]
+    fn as_f32<'a>(xs: &'a [half::f16], buf: &'a mut [f32]) -> &'a [f32] {
+        let out = &mut buf[..xs.len()];
+        half::slice::HalfFloatSliceExt::convert_to_f32_slice(xs, out);
+        out
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(ptr: *const half::f16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        _mm256_cvtph_ps(_mm_loadu_si128(ptr.cast::<__m128i>()))
+    }
+}
+
+/// Values widened at a time on the portable paths (a multiple of
+/// [`LANES`], small enough for the stack and L1).
+const SUB: usize = 1024;
+
+/// Per-lane partial sums of a segment: Σ w², Σ err², max |err|. Value `t`
+/// of the segment goes to lane `t % LANES`; the lanes are combined in
+/// order at the end, so results do not depend on how the work is split.
+#[derive(Default)]
+struct Sums {
+    sig: [f64; LANES],
+    sse: [f64; LANES],
+    mx: [f64; LANES],
+}
+
+impl Sums {
+    fn total(&self) -> (f64, f64, f64) {
+        (
+            self.sig.iter().sum(),
+            self.sse.iter().sum(),
+            self.mx.iter().fold(0f64, |a, &b| a.max(b)),
+        )
+    }
+}
+
 /// Codes of one segment (one block's run of a row) and its (Σ w², Σ err²,
 /// max |err|).
 ///
@@ -233,12 +301,11 @@ const LANES: usize = 8;
 /// vectorises: the candidate `q` stays a (small, exact) f64, its decoded
 /// value `scale·(q − zp)` is exact in f64 and in f32 (an fp16 scale times
 /// an integer below 2^13), and the fp16 rounding is [`round_to_f16`]'s bit
-/// form. The sums keep `LANES` partial accumulators combined in a fixed
-/// order, so results do not depend on how the work is split. Otherwise
-/// (levels that overflow fp16) each element takes [`quantize_decoded`].
-/// Both give the same codes; the tests check it.
-fn quantize_segment(
-    xs: &[f32],
+/// form; on CPUs with AVX2 and F16C, [`segment_avx2`] does the same 8 values
+/// at a time. Otherwise (levels that overflow fp16) each element takes
+/// [`quantize_decoded`]. All give the same codes; the tests check it.
+fn quantize_segment<T: Element>(
+    xs: &[T],
     codes: &mut [u8],
     p: Params,
     lo: i32,
@@ -256,8 +323,8 @@ fn quantize_segment(
 /// both on the same input).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn quantize_segment_with(
-    xs: &[f32],
+fn quantize_segment_with<T: Element>(
+    xs: &[T],
     codes: &mut [u8],
     p: Params,
     lo: i32,
@@ -270,87 +337,80 @@ fn quantize_segment_with(
         Store::F16 => f64::from(p.scale) * f64::from(reach) < 65504.0,
         Store::F32 => false,
     };
-    let mut sig = [0f64; LANES];
-    let mut sse = [0f64; LANES];
-    let mut mx = [0f64; LANES];
+    let mut sums = Sums::default();
     let n = xs.len() / LANES * LANES;
+    let mut buf = [0f32; SUB];
     if fast && simd_ok {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `avx2_f16c()` checked that the CPU has both features.
         unsafe {
-            segment_avx2(
-                &xs[..n],
-                &mut codes[..n],
-                p,
-                lo,
-                hi,
-                &mut sig,
-                &mut sse,
-                &mut mx,
-            );
-        }
-    } else if fast {
-        let scale = f64::from(p.scale);
-        let zp = f64::from(p.zero_point);
-        let (flo, fhi) = (f64::from(lo), f64::from(hi));
-        let dec = |q: f64| round_to_f16_finite((scale * (q - zp)) as f32);
-        for (cs, ws) in codes[..n]
-            .chunks_exact_mut(LANES)
-            .zip(xs[..n].chunks_exact(LANES))
-        {
-            for l in 0..LANES {
-                let w = ws[l];
-                let wf = f64::from(w);
-                let q0 = clamp(rint_small(wf / scale) + zp, flo, fhi);
-                let d0 = dec(q0);
-                // Towards w (either way when w == d0: the neighbour then
-                // cannot be strictly nearer). Bit selects, not `if`s: the
-                // compiler turns those into branches, and the side w falls
-                // on is a coin toss per element.
-                let side = 1f64.copysign(wf - f64::from(d0));
-                let q1 = clamp(q0 + side, flo, fhi);
-                let d1 = dec(q1);
-                let e0 = (f64::from(d0) - wf).abs();
-                let e1 = (f64::from(d1) - wf).abs();
-                let take = e1 < e0;
-                let q = select(take, q1, q0);
-                let e = select(take, e1, e0);
-                // q is an integer in [-128, 255]: the low byte of
-                // q + 1.5·2^52's bits is its two's-complement byte.
-                cs[l] = (q + 6_755_399_441_055_744.0).to_bits() as u8;
-                sig[l] += wf * wf;
-                sse[l] += e * e;
-                mx[l] = if e > mx[l] { e } else { mx[l] };
-            }
+            segment_avx2(&xs[..n], &mut codes[..n], p, lo, hi, &mut sums);
         }
     } else {
-        for (cs, ws) in codes[..n]
-            .chunks_exact_mut(LANES)
-            .zip(xs[..n].chunks_exact(LANES))
-        {
-            for l in 0..LANES {
-                let (q, d) = quantize_decoded(ws[l], p, lo, hi, store);
-                let e = (f64::from(d) - f64::from(ws[l])).abs();
-                cs[l] = q as u8;
-                sig[l] += f64::from(ws[l]) * f64::from(ws[l]);
-                sse[l] += e * e;
-                mx[l] = mx[l].max(e);
+        for (cs, ws) in codes[..n].chunks_mut(SUB).zip(xs[..n].chunks(SUB)) {
+            let ws = T::as_f32(ws, &mut buf);
+            if fast {
+                lanes_fast(ws, cs, p, lo, hi, &mut sums);
+            } else {
+                for (cs, ws) in cs.chunks_exact_mut(LANES).zip(ws.chunks_exact(LANES)) {
+                    for l in 0..LANES {
+                        let (q, d) = quantize_decoded(ws[l], p, lo, hi, store);
+                        let e = (f64::from(d) - f64::from(ws[l])).abs();
+                        cs[l] = q as u8;
+                        sums.sig[l] += f64::from(ws[l]) * f64::from(ws[l]);
+                        sums.sse[l] += e * e;
+                        sums.mx[l] = sums.mx[l].max(e);
+                    }
+                }
             }
         }
     }
-    for (l, (c, &w)) in codes[n..].iter_mut().zip(&xs[n..]).enumerate() {
+    let tail = T::as_f32(&xs[n..], &mut buf);
+    for (l, (c, &w)) in codes[n..].iter_mut().zip(tail).enumerate() {
         let (q, d) = quantize_decoded(w, p, lo, hi, store);
         let e = (f64::from(d) - f64::from(w)).abs();
         *c = q as u8;
-        sig[l] += f64::from(w) * f64::from(w);
-        sse[l] += e * e;
-        mx[l] = mx[l].max(e);
+        sums.sig[l] += f64::from(w) * f64::from(w);
+        sums.sse[l] += e * e;
+        sums.mx[l] = sums.mx[l].max(e);
     }
-    (
-        sig.iter().sum(),
-        sse.iter().sum(),
-        mx.iter().fold(0f64, |a, &b| a.max(b)),
-    )
+    sums.total()
+}
+
+/// The portable fast loop over whole groups of [`LANES`] values (fp16
+/// storage, every level finite).
+#[inline(always)]
+fn lanes_fast(xs: &[f32], codes: &mut [u8], p: Params, lo: i32, hi: i32, sums: &mut Sums) {
+    let scale = f64::from(p.scale);
+    let zp = f64::from(p.zero_point);
+    let (flo, fhi) = (f64::from(lo), f64::from(hi));
+    let dec = |q: f64| round_to_f16_finite((scale * (q - zp)) as f32);
+    for (cs, ws) in codes.chunks_exact_mut(LANES).zip(xs.chunks_exact(LANES)) {
+        for l in 0..LANES {
+            let w = ws[l];
+            let wf = f64::from(w);
+            let q0 = clamp(rint_small(wf / scale) + zp, flo, fhi);
+            let d0 = dec(q0);
+            // Towards w (either way when w == d0: the neighbour then
+            // cannot be strictly nearer). Bit selects, not `if`s: the
+            // compiler turns those into branches, and the side w falls
+            // on is a coin toss per element.
+            let side = 1f64.copysign(wf - f64::from(d0));
+            let q1 = clamp(q0 + side, flo, fhi);
+            let d1 = dec(q1);
+            let e0 = (f64::from(d0) - wf).abs();
+            let e1 = (f64::from(d1) - wf).abs();
+            let take = e1 < e0;
+            let q = select(take, q1, q0);
+            let e = select(take, e1, e0);
+            // q is an integer in [-128, 255]: the low byte of
+            // q + 1.5·2^52's bits is its two's-complement byte.
+            cs[l] = (q + 6_755_399_441_055_744.0).to_bits() as u8;
+            sums.sig[l] += wf * wf;
+            sums.sse[l] += e * e;
+            sums.mx[l] = if e > sums.mx[l] { e } else { sums.mx[l] };
+        }
+    }
 }
 
 /// Whether the CPU runs [`segment_avx2`] (AVX2 and F16C).
@@ -377,24 +437,21 @@ fn avx2_f16c() -> bool {
 /// by F16C's conversion (round to nearest even, subnormals included: the
 /// same value as [`round_to_f16_finite`] below fp16's largest finite value,
 /// which the caller guarantees). The neighbour on `w`'s side is checked and
-/// taken only if strictly nearer, the errors compared in f64 (exact: f32
-/// values differ by an exact f64). `xs.len()` and `codes.len()` are equal
-/// multiples of 8.
+/// taken only if strictly nearer (by an exact midpoint test, see below);
+/// the error of the chosen level is taken in f64, as there. `xs.len()` and
+/// `codes.len()` are equal multiples of 8.
 ///
 /// # Safety
 /// The CPU must have AVX2 and F16C.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,f16c")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn segment_avx2(
-    xs: &[f32],
+unsafe fn segment_avx2<T: Element>(
+    xs: &[T],
     codes: &mut [u8],
     p: Params,
     lo: i32,
     hi: i32,
-    sig: &mut [f64; LANES],
-    sse: &mut [f64; LANES],
-    mx: &mut [f64; LANES],
+    sums: &mut Sums,
 ) {
     use std::arch::x86_64::*;
     debug_assert!(xs.len() == codes.len() && xs.len() % LANES == 0);
@@ -417,19 +474,19 @@ unsafe fn segment_avx2(
         0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
     );
     let mut acc_sig = [
-        _mm256_loadu_pd(sig.as_ptr()),
-        _mm256_loadu_pd(sig.as_ptr().add(4)),
+        _mm256_loadu_pd(sums.sig.as_ptr()),
+        _mm256_loadu_pd(sums.sig.as_ptr().add(4)),
     ];
     let mut acc_sse = [
-        _mm256_loadu_pd(sse.as_ptr()),
-        _mm256_loadu_pd(sse.as_ptr().add(4)),
+        _mm256_loadu_pd(sums.sse.as_ptr()),
+        _mm256_loadu_pd(sums.sse.as_ptr().add(4)),
     ];
     let mut acc_mx = [
-        _mm256_loadu_pd(mx.as_ptr()),
-        _mm256_loadu_pd(mx.as_ptr().add(4)),
+        _mm256_loadu_pd(sums.mx.as_ptr()),
+        _mm256_loadu_pd(sums.mx.as_ptr().add(4)),
     ];
     for (cs, ws) in codes.chunks_exact_mut(LANES).zip(xs.chunks_exact(LANES)) {
-        let w = _mm256_loadu_ps(ws.as_ptr());
+        let w = T::load8(ws.as_ptr());
         let wd = [
             _mm256_cvtps_pd(_mm256_castps256_ps128(w)),
             _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(w)),
@@ -440,51 +497,51 @@ unsafe fn segment_avx2(
         let q0 = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(x, zp), flo), fhi);
         let d0 = level(q0, zp, scale);
         // Towards w: -1 below d0, +1 otherwise (as copysign(1, w - d0)).
-        let side = _mm256_blendv_ps(one, minus_one, _mm256_cmp_ps::<_CMP_LT_OQ>(w, d0));
+        let below = _mm256_cmp_ps::<_CMP_LT_OQ>(w, d0);
+        let side = _mm256_blendv_ps(one, minus_one, below);
         let q1 = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(q0, side), flo), fhi);
         let d1 = level(q1, zp, scale);
-        let mut q = [_mm_setzero_si128(); 2];
+        // The neighbour is strictly nearer iff w lies strictly past the
+        // midpoint of the two levels, on the neighbour's side: d0 + d1 < 2w
+        // going up, > 2w going down. Both sides are exact in f32 (a sum of
+        // two adjacent fp16 levels, a doubled fp16 value), so this is the
+        // scalar loop's exact comparison of the two errors. Distinct codes
+        // have distinct levels (adjacent levels are a scale apart, more than
+        // an fp16 step at any level below 256 scales), and where the clamp
+        // made q1 = q0 either choice is the same code and level.
+        let (sum, w2) = (_mm256_add_ps(d0, d1), _mm256_add_ps(w, w));
+        let take = _mm256_blendv_ps(
+            _mm256_cmp_ps::<_CMP_LT_OQ>(sum, w2),
+            _mm256_cmp_ps::<_CMP_GT_OQ>(sum, w2),
+            below,
+        );
+        let q = _mm256_blendv_ps(q0, q1, take);
+        let d = _mm256_blendv_ps(d0, d1, take);
         for h in 0..2 {
-            let (d0h, d1h, q0h, q1h) = if h == 0 {
-                (
-                    _mm256_castps256_ps128(d0),
-                    _mm256_castps256_ps128(d1),
-                    _mm256_castps256_ps128(q0),
-                    _mm256_castps256_ps128(q1),
-                )
+            let dh = if h == 0 {
+                _mm256_castps256_ps128(d)
             } else {
-                (
-                    _mm256_extractf128_ps::<1>(d0),
-                    _mm256_extractf128_ps::<1>(d1),
-                    _mm256_extractf128_ps::<1>(q0),
-                    _mm256_extractf128_ps::<1>(q1),
-                )
+                _mm256_extractf128_ps::<1>(d)
             };
-            let e0 = _mm256_and_pd(_mm256_sub_pd(_mm256_cvtps_pd(d0h), wd[h]), abs_mask);
-            let e1 = _mm256_and_pd(_mm256_sub_pd(_mm256_cvtps_pd(d1h), wd[h]), abs_mask);
-            let take = _mm256_cmp_pd::<_CMP_LT_OQ>(e1, e0);
-            let e = _mm256_blendv_pd(e0, e1, take);
-            let qd = _mm256_blendv_pd(_mm256_cvtps_pd(q0h), _mm256_cvtps_pd(q1h), take);
-            q[h] = _mm256_cvtpd_epi32(qd);
+            let e = _mm256_and_pd(_mm256_sub_pd(_mm256_cvtps_pd(dh), wd[h]), abs_mask);
             acc_sig[h] = _mm256_add_pd(acc_sig[h], _mm256_mul_pd(wd[h], wd[h]));
             acc_sse[h] = _mm256_add_pd(acc_sse[h], _mm256_mul_pd(e, e));
             // e > mx ? e : mx, as the scalar loop (e is never NaN).
             acc_mx[h] = _mm256_max_pd(e, acc_mx[h]);
         }
         // Eight i32 codes; their low bytes are the two's-complement bytes.
-        let q32 = _mm256_set_m128i(q[1], q[0]);
-        let b = _mm256_shuffle_epi8(q32, low_bytes);
+        let b = _mm256_shuffle_epi8(_mm256_cvtps_epi32(q), low_bytes);
         let lo4 = _mm_cvtsi128_si32(_mm256_castsi256_si128(b)) as u32;
         let hi4 = _mm_cvtsi128_si32(_mm256_extracti128_si256::<1>(b)) as u32;
         let bytes = (u64::from(hi4) << 32 | u64::from(lo4)).to_le_bytes();
         cs.copy_from_slice(&bytes);
     }
-    _mm256_storeu_pd(sig.as_mut_ptr(), acc_sig[0]);
-    _mm256_storeu_pd(sig.as_mut_ptr().add(4), acc_sig[1]);
-    _mm256_storeu_pd(sse.as_mut_ptr(), acc_sse[0]);
-    _mm256_storeu_pd(sse.as_mut_ptr().add(4), acc_sse[1]);
-    _mm256_storeu_pd(mx.as_mut_ptr(), acc_mx[0]);
-    _mm256_storeu_pd(mx.as_mut_ptr().add(4), acc_mx[1]);
+    _mm256_storeu_pd(sums.sig.as_mut_ptr(), acc_sig[0]);
+    _mm256_storeu_pd(sums.sig.as_mut_ptr().add(4), acc_sig[1]);
+    _mm256_storeu_pd(sums.sse.as_mut_ptr(), acc_sse[0]);
+    _mm256_storeu_pd(sums.sse.as_mut_ptr().add(4), acc_sse[1]);
+    _mm256_storeu_pd(sums.mx.as_mut_ptr(), acc_mx[0]);
+    _mm256_storeu_pd(sums.mx.as_mut_ptr().add(4), acc_mx[1]);
 }
 
 /// `a` if `c` else `b`, by bit masks.
@@ -668,6 +725,59 @@ pub fn quantize_blocks(
     spec: Spec,
     store: Store,
 ) -> Result<Quantized, QuantError> {
+    quantize_blocks_of(x, shape, grid, spec, store)
+}
+
+/// [`quantize_blocks`] of fp16 values (stored as fp16), read in place: the
+/// same codes, parameters and sums as on the values widened to f32.
+pub fn quantize_blocks_f16(
+    x: &[half::f16],
+    shape: &[usize],
+    grid: &[usize],
+    spec: Spec,
+) -> Result<Quantized, QuantError> {
+    quantize_blocks_of(x, shape, grid, spec, Store::F16)
+}
+
+/// Smallest and largest value of `xs`, and whether all are finite.
+///
+/// Lane-wise over [`LANES`] values so that the compiler vectorises it (the
+/// order of a min/max reduction does not change its result).
+fn range_of<T: Element>(xs: &[T], buf: &mut [f32; SUB]) -> (f32, f32, bool) {
+    let mut mn = [f32::INFINITY; LANES];
+    let mut mx = [f32::NEG_INFINITY; LANES];
+    let mut finite = [true; LANES];
+    for part in xs.chunks(SUB) {
+        let v = T::as_f32(part, buf);
+        let n = v.len() / LANES * LANES;
+        for c in v[..n].chunks_exact(LANES) {
+            for l in 0..LANES {
+                let x = c[l];
+                mn[l] = if x < mn[l] { x } else { mn[l] };
+                mx[l] = if x > mx[l] { x } else { mx[l] };
+                finite[l] &= x.abs() <= f32::MAX;
+            }
+        }
+        for (l, &x) in v[n..].iter().enumerate() {
+            mn[l] = if x < mn[l] { x } else { mn[l] };
+            mx[l] = if x > mx[l] { x } else { mx[l] };
+            finite[l] &= x.abs() <= f32::MAX;
+        }
+    }
+    (
+        mn.iter().fold(f32::INFINITY, |a, &b| a.min(b)),
+        mx.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)),
+        finite.iter().all(|&f| f),
+    )
+}
+
+fn quantize_blocks_of<T: Element>(
+    x: &[T],
+    shape: &[usize],
+    grid: &[usize],
+    spec: Spec,
+    store: Store,
+) -> Result<Quantized, QuantError> {
     use rayon::prelude::*;
     if grid.len() != shape.len()
         || shape.iter().zip(grid).any(|(&s, &g)| g == 0 || s % g != 0)
@@ -675,28 +785,36 @@ pub fn quantize_blocks(
     {
         return Err(QuantError::BadGrid);
     }
-    if x.iter().any(|v| !v.is_finite()) {
-        return Err(QuantError::NonFinite);
-    }
     let blocks: usize = grid.iter().product();
     let rb = RowBlocks::new(shape, grid);
     let (row, seg) = (rb.row.max(1), rb.seg.max(1));
+    let rows_per_chunk = (CHUNK_ELEMS / row).max(1);
+    // Ranges of every segment, in parallel over chunks of rows, then folded
+    // into their blocks in order.
+    let ranges: Vec<Vec<(f32, f32, bool)>> = x
+        .par_chunks(rows_per_chunk * row)
+        .map(|xs| {
+            let mut buf = [0f32; SUB];
+            xs.chunks(row)
+                .flat_map(|r| r.chunks(seg))
+                .map(|s| range_of(s, &mut buf))
+                .collect()
+        })
+        .collect();
     let mut mins = vec![f32::INFINITY; blocks];
     let mut maxs = vec![f32::NEG_INFINITY; blocks];
-    if !x.is_empty() {
-        for (r, xs) in x.chunks(row).enumerate() {
-            let first = rb.first(r);
-            for (j, s) in xs.chunks(seg).enumerate() {
-                let (lo, hi) = s
-                    .iter()
-                    .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
-                        (a.min(v), b.max(v))
-                    });
-                mins[first + j] = mins[first + j].min(lo);
-                maxs[first + j] = maxs[first + j].max(hi);
+    let segs_per_row = row.div_ceil(seg);
+    for (c, chunk) in ranges.iter().enumerate() {
+        for (i, &(lo, hi, finite)) in chunk.iter().enumerate() {
+            if !finite {
+                return Err(QuantError::NonFinite);
             }
+            let b = rb.first(c * rows_per_chunk + i / segs_per_row) + i % segs_per_row;
+            mins[b] = mins[b].min(lo);
+            maxs[b] = maxs[b].max(hi);
         }
     }
+    drop(ranges);
     let params: Vec<Params> = mins
         .iter()
         .zip(&maxs)
@@ -704,7 +822,6 @@ pub fn quantize_blocks(
         .collect();
     let (lo, hi) = spec.qtype.range(spec.symmetric);
     let mut codes = vec![0u8; x.len()];
-    let rows_per_chunk = (CHUNK_ELEMS / row).max(1);
     let partial: Vec<(f64, f64, f64)> = codes
         .par_chunks_mut(rows_per_chunk * row)
         .zip(x.par_chunks(rows_per_chunk * row))
@@ -1096,6 +1213,7 @@ mod tests {
                             .filter(|v| f64::from(v.abs()) <= 1.5 * lim + 1e-3)
                             .collect();
                         let n = xs.len() / LANES * LANES;
+                        let all_16: Vec<f16> = xs.iter().map(|&v| f16::from_f32(v)).collect();
                         let (xs, mut a, mut b) = (&xs[..n], vec![0u8; n], vec![0u8; n]);
                         let ra = quantize_segment_with(xs, &mut a, p, lo, hi, Store::F16, true);
                         let rb = quantize_segment_with(xs, &mut b, p, lo, hi, Store::F16, false);
@@ -1103,6 +1221,21 @@ mod tests {
                         assert_eq!(ra.0.to_bits(), rb.0.to_bits());
                         assert_eq!(ra.1.to_bits(), rb.1.to_bits());
                         assert_eq!(ra.2.to_bits(), rb.2.to_bits());
+                        // fp16 read in place, both loops, plus a tail.
+                        let x16: Vec<f16> =
+                            all_16[..n].iter().chain(&all_16[..5]).copied().collect();
+                        let mut want = vec![0u8; n + 5];
+                        let w32: Vec<f32> = x16.iter().map(|v| v.to_f32()).collect();
+                        let rw =
+                            quantize_segment_with(&w32, &mut want, p, lo, hi, Store::F16, false);
+                        for simd in [true, false] {
+                            let mut c = vec![0u8; n + 5];
+                            let r =
+                                quantize_segment_with(&x16, &mut c, p, lo, hi, Store::F16, simd);
+                            assert_eq!(c, want);
+                            assert_eq!(r.1.to_bits(), rw.1.to_bits());
+                            assert_eq!(r.0.to_bits(), rw.0.to_bits());
+                        }
                         checked += n;
                     }
                 }
@@ -1132,6 +1265,15 @@ mod tests {
                             symmetric,
                         };
                         let q = quantize_blocks(&x, &shape, &grid, spec, store).unwrap();
+                        if store == Store::F16 {
+                            let x16: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();
+                            let q16 = quantize_blocks_f16(&x16, &shape, &grid, spec).unwrap();
+                            assert_eq!(q16.codes, q.codes);
+                            assert_eq!(q16.params, q.params);
+                            assert_eq!(q16.sse.to_bits(), q.sse.to_bits());
+                            assert_eq!(q16.signal.to_bits(), q.signal.to_bits());
+                            assert_eq!(q16.max_abs.to_bits(), q.max_abs.to_bits());
+                        }
                         let (lo, hi) = t.range(symmetric);
                         for_each_block(&shape, &grid, |e, b| {
                             let want = quantize_three(x[e], q.params[b], lo, hi, store);
