@@ -506,6 +506,36 @@ fn assign_nearest_f16<T: Element>(
     sorted: &[f64],
     order: &[(f64, usize)],
 ) -> (Vec<u8>, GroupError2) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { assign_nearest_f16_avx2(values, sorted, order) };
+    }
+    assign_nearest_f16_body(values, sorted, order)
+}
+
+/// [`assign_nearest_f16`] compiled for AVX2: the same operations in the
+/// same order per lane (no reassociation, no FMA), so the same bits, with
+/// the key compares and lane sums on 256-bit vectors.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn assign_nearest_f16_avx2<T: Element>(
+    values: &[T],
+    sorted: &[f64],
+    order: &[(f64, usize)],
+) -> (Vec<u8>, GroupError2) {
+    assign_nearest_f16_body(values, sorted, order)
+}
+
+#[inline(always)]
+fn assign_nearest_f16_body<T: Element>(
+    values: &[T],
+    sorted: &[f64],
+    order: &[(f64, usize)],
+) -> (Vec<u8>, GroupError2) {
     let thresholds: Vec<u16> = sorted
         .windows(2)
         .map(|w| f16_key_at_most(0.5 * (w[0] + w[1])))
@@ -1094,6 +1124,11 @@ mod tests {
             order.dedup_by(|b, a| a.0 == b.0);
             let sorted: Vec<f64> = order.iter().map(|p| p.0).collect();
             let (fast, fe) = assign_nearest_f16(&values, &sorted, &order);
+            // The dispatched (AVX2 where present) and portable builds agree bit for bit.
+            let (plain, pe) = assign_nearest_f16_body(&values, &sorted, &order);
+            prop_assert_eq!(&plain, &fast);
+            prop_assert_eq!(pe.sse.to_bits(), fe.sse.to_bits());
+            prop_assert_eq!(pe.signal.to_bits(), fe.signal.to_bits());
             let (slow, se) = assign_nearest_by_search(&values, &sorted, &order);
             prop_assert_eq!(fast, slow);
             // Lane-wise sums of non-negative terms: equal up to reordering.
