@@ -18,6 +18,11 @@ cd "$repo"
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# A test build needs about 2 GB (target/ 1.6 GB, .venv 0.4 GB): say what there is, so that a
+# run that fills the disk is recognised as such.
+step "disk space (needs about 2 GB)"
+df -h "$repo" "${TMPDIR:-/tmp}" 2>/dev/null || true
+
 # ---------------------------------------------------------------------------------------------
 # Python venv for the interop tests
 # ---------------------------------------------------------------------------------------------
