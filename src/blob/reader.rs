@@ -121,7 +121,7 @@ impl BlobFile {
                 offset: at,
                 reason,
             };
-            if data_offset % 64 != 0 {
+            if !data_offset.is_multiple_of(64) {
                 return Err(bad(format!(
                     "payload offset {data_offset} is not 64-byte aligned"
                 )));
@@ -149,7 +149,7 @@ impl BlobFile {
             if dtype.is_sub_byte() && size == 0 && padding != 0 {
                 return Err(bad("padding bits on an empty payload".into()));
             }
-            if !dtype.is_sub_byte() && size % u64::from(dtype.bits() / 8) != 0 {
+            if !dtype.is_sub_byte() && !size.is_multiple_of(u64::from(dtype.bits() / 8)) {
                 return Err(bad(format!(
                     "payload of {size} bytes is not a whole number of {dtype:?} elements"
                 )));

@@ -182,13 +182,13 @@ pub fn lut_decision(
     };
     let chans = w.shape[axis];
     let cd = s.cluster_dim;
-    if chans % cd != 0 {
+    if !chans.is_multiple_of(cd) {
         return Ok(Decision::Skip(format!(
             "channels not divisible by cluster dim ({chans} on axis {axis}, cluster dim {cd})"
         )));
     }
     if s.granularity == Granularity::PerGroupedChannel
-        && chans % s.group_size != 0
+        && !chans.is_multiple_of(s.group_size)
         && s.group_size_fallback == GroupSizeFallback::Divisor
     {
         // The largest divisor of the channel count not above the request
@@ -197,7 +197,7 @@ pub fn lut_decision(
         // compressed instead of left at full size.
         if let Some(g) = (1..=s.group_size.min(chans))
             .rev()
-            .find(|d| chans % d == 0 && d % cd == 0)
+            .find(|d| chans.is_multiple_of(*d) && d % cd == 0)
         {
             s.requested_group_size = Some(s.group_size);
             s.group_size = g;
@@ -209,7 +209,7 @@ pub fn lut_decision(
             s.group_size
         )));
     }
-    if s.granularity == Granularity::PerGroupedChannel && chans % s.group_size != 0 {
+    if s.granularity == Granularity::PerGroupedChannel && !chans.is_multiple_of(s.group_size) {
         return Ok(Decision::Skip(format!(
             "channels not divisible by group size ({} on axis {axis}, group size {})",
             w.shape[axis], s.group_size

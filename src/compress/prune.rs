@@ -143,7 +143,7 @@ impl Pattern {
             Pattern::Blocks { block, .. } if 2 * block > len => Some(format!(
                 "block size larger than half the axis ({len} on axis {dim}, block size {block})"
             )),
-            Pattern::NOutOfM { m, .. } if len % m != 0 => Some(format!(
+            Pattern::NOutOfM { m, .. } if !len.is_multiple_of(m) => Some(format!(
                 "axis not divisible by M ({len} on axis {dim}, M = {m})"
             )),
             _ => None,

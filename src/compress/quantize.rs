@@ -167,7 +167,7 @@ impl WeightPass for Quantize {
                         )))
                     }
                 };
-                if w.shape[input] % bs != 0 {
+                if !w.shape[input].is_multiple_of(bs) {
                     return Ok(Decision::Skip(format!(
                         "input channels not divisible by block size ({} on axis {input}, block size {bs})",
                         w.shape[input]

@@ -107,7 +107,7 @@ pub fn nm_mask(
     m: usize,
 ) -> Vec<bool> {
     debug_assert_eq!(magnitudes.len(), outer * len * inner);
-    debug_assert!(m > 0 && n <= m && len % m == 0);
+    debug_assert!(m > 0 && n <= m && len.is_multiple_of(m));
     let mut keep = vec![true; magnitudes.len()];
     let mut run: Vec<(f32, usize)> = Vec::with_capacity(m);
     for o in 0..outer {

@@ -238,6 +238,14 @@ pub trait Element: Copy + Send + Sync + 'static {
     /// F16C.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load8(ptr: *const Self) -> std::arch::x86_64::__m256;
+
+    /// Sixteen values from `ptr` as f32 lanes.
+    ///
+    /// # Safety
+    /// `ptr` must point at 16 readable values, and the CPU must have
+    /// AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(ptr: *const Self) -> std::arch::x86_64::__m512;
 }
 
 impl Element for f32 {
@@ -250,6 +258,12 @@ impl Element for f32 {
     #[inline(always)]
     unsafe fn load8(ptr: *const f32) -> std::arch::x86_64::__m256 {
         std::arch::x86_64::_mm256_loadu_ps(ptr)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(ptr: *const f32) -> std::arch::x86_64::__m512 {
+        std::arch::x86_64::_mm512_loadu_ps(ptr)
     }
 }
 
@@ -266,6 +280,13 @@ impl Element for half::f16 {
     unsafe fn load8(ptr: *const half::f16) -> std::arch::x86_64::__m256 {
         use std::arch::x86_64::*;
         _mm256_cvtph_ps(_mm_loadu_si128(ptr.cast::<__m128i>()))
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(ptr: *const half::f16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        _mm512_cvtph_ps(_mm256_loadu_si256(ptr.cast::<__m256i>()))
     }
 }
 
@@ -312,15 +333,41 @@ fn quantize_segment<T: Element>(
     hi: i32,
     store: Store,
 ) -> (f64, f64, f64) {
-    #[cfg(target_arch = "x86_64")]
-    let simd = avx2_f16c();
-    #[cfg(not(target_arch = "x86_64"))]
-    let simd = false;
-    quantize_segment_with(xs, codes, p, lo, hi, store, simd)
+    quantize_segment_with(xs, codes, p, lo, hi, store, Simd::detect())
 }
 
-/// [`quantize_segment`], with the SIMD loop allowed or not (the tests run
-/// both on the same input).
+/// Which loop [`quantize_segment`] runs on the values it can take fast; all
+/// give the same bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Simd {
+    /// The portable loop (f64 lanes).
+    None,
+    /// [`segment_avx2`]: 8 values per step.
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// [`segment_avx512`]: 16 values per step, the rest by [`segment_avx2`].
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl Simd {
+    /// The widest loop this CPU runs.
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if avx2_f16c() {
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    return Simd::Avx512;
+                }
+                return Simd::Avx2;
+            }
+        }
+        Simd::None
+    }
+}
+
+/// [`quantize_segment`] with the loop chosen (the tests run every one the
+/// CPU has on the same input).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn quantize_segment_with<T: Element>(
@@ -330,7 +377,7 @@ fn quantize_segment_with<T: Element>(
     lo: i32,
     hi: i32,
     store: Store,
-    simd_ok: bool,
+    simd: Simd,
 ) -> (f64, f64, f64) {
     let reach = (lo - p.zero_point).abs().max((hi - p.zero_point).abs());
     let fast = match store {
@@ -340,11 +387,16 @@ fn quantize_segment_with<T: Element>(
     let mut sums = Sums::default();
     let n = xs.len() / LANES * LANES;
     let mut buf = [0f32; SUB];
-    if fast && simd_ok {
+    if fast && simd != Simd::None {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `avx2_f16c()` checked that the CPU has both features.
+        // SAFETY: `Simd::detect` found the features of the loop chosen
+        // (Avx512 implies Avx2's), and the tests only pass what it found.
         unsafe {
-            segment_avx2(&xs[..n], &mut codes[..n], p, lo, hi, &mut sums);
+            // A multiple of 16 first (lanes t % 8 line up: 16 is a multiple
+            // of 8), then the rest 8 at a time.
+            let n16 = if simd == Simd::Avx512 { n / 16 * 16 } else { 0 };
+            segment_avx512(&xs[..n16], &mut codes[..n16], p, lo, hi, &mut sums);
+            segment_avx2(&xs[n16..n], &mut codes[n16..n], p, lo, hi, &mut sums);
         }
     } else {
         for (cs, ws) in codes[..n].chunks_mut(SUB).zip(xs[..n].chunks(SUB)) {
@@ -454,7 +506,7 @@ unsafe fn segment_avx2<T: Element>(
     sums: &mut Sums,
 ) {
     use std::arch::x86_64::*;
-    debug_assert!(xs.len() == codes.len() && xs.len() % LANES == 0);
+    debug_assert!(xs.len() == codes.len() && xs.len().is_multiple_of(LANES));
     const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
     // The level of code q, rounded to fp16 and back (exact conversions).
     #[inline(always)]
@@ -542,6 +594,82 @@ unsafe fn segment_avx2<T: Element>(
     _mm256_storeu_pd(sums.sse.as_mut_ptr().add(4), acc_sse[1]);
     _mm256_storeu_pd(sums.mx.as_mut_ptr(), acc_mx[0]);
     _mm256_storeu_pd(sums.mx.as_mut_ptr().add(4), acc_mx[1]);
+}
+
+/// [`segment_avx2`] on 16 values per step (AVX-512F), with the same bits:
+/// the same per-value operations, and the sums of values `t` and `t + 8` of
+/// a step added to lane `t` in that order, as the 8-wide loop does.
+/// `xs.len()` and `codes.len()` are equal multiples of 16.
+///
+/// # Safety
+/// The CPU must have AVX-512F, AVX2 and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,f16c")]
+unsafe fn segment_avx512<T: Element>(
+    xs: &[T],
+    codes: &mut [u8],
+    p: Params,
+    lo: i32,
+    hi: i32,
+    sums: &mut Sums,
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(xs.len() == codes.len() && xs.len().is_multiple_of(16));
+    if xs.is_empty() {
+        return;
+    }
+    const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    #[inline(always)]
+    unsafe fn level(q: __m512, zp: __m512, scale: __m512) -> __m512 {
+        let v = _mm512_mul_ps(scale, _mm512_sub_ps(q, zp));
+        _mm512_cvtph_ps(_mm512_cvtps_ph::<NEAREST>(v))
+    }
+    // Low and high 8 f32 lanes, widened to f64.
+    #[inline(always)]
+    unsafe fn halves(v: __m512) -> [__m512d; 2] {
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+        [
+            _mm512_cvtps_pd(_mm512_castps512_ps256(v)),
+            _mm512_cvtps_pd(hi),
+        ]
+    }
+    let scale = _mm512_set1_ps(p.scale);
+    let zp = _mm512_set1_ps(p.zero_point as f32);
+    let (flo, fhi) = (_mm512_set1_ps(lo as f32), _mm512_set1_ps(hi as f32));
+    let (one, minus_one) = (_mm512_set1_ps(1.0), _mm512_set1_ps(-1.0));
+    let mut acc_sig = _mm512_loadu_pd(sums.sig.as_ptr());
+    let mut acc_sse = _mm512_loadu_pd(sums.sse.as_ptr());
+    let mut acc_mx = _mm512_loadu_pd(sums.mx.as_ptr());
+    for (cs, ws) in codes.chunks_exact_mut(16).zip(xs.chunks_exact(16)) {
+        let w = T::load16(ws.as_ptr());
+        let x = _mm512_roundscale_ps::<NEAREST>(_mm512_div_ps(w, scale));
+        let q0 = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(x, zp), flo), fhi);
+        let d0 = level(q0, zp, scale);
+        let below = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(w, d0);
+        let side = _mm512_mask_blend_ps(below, one, minus_one);
+        let q1 = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(q0, side), flo), fhi);
+        let d1 = level(q1, zp, scale);
+        // The exact midpoint test of `segment_avx2`.
+        let (sum, w2) = (_mm512_add_ps(d0, d1), _mm512_add_ps(w, w));
+        let up = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(sum, w2);
+        let down = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(sum, w2);
+        let take = (below & down) | (!below & up);
+        let q = _mm512_mask_blend_ps(take, q0, q1);
+        let d = _mm512_mask_blend_ps(take, d0, d1);
+        let (wd, dd) = (halves(w), halves(d));
+        for h in 0..2 {
+            let e = _mm512_abs_pd(_mm512_sub_pd(dd[h], wd[h]));
+            acc_sig = _mm512_add_pd(acc_sig, _mm512_mul_pd(wd[h], wd[h]));
+            acc_sse = _mm512_add_pd(acc_sse, _mm512_mul_pd(e, e));
+            acc_mx = _mm512_max_pd(e, acc_mx);
+        }
+        // Sixteen i32 codes, truncated to their two's-complement bytes.
+        let bytes = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q));
+        _mm_storeu_si128(cs.as_mut_ptr().cast::<__m128i>(), bytes);
+    }
+    _mm512_storeu_pd(sums.sig.as_mut_ptr(), acc_sig);
+    _mm512_storeu_pd(sums.sse.as_mut_ptr(), acc_sse);
+    _mm512_storeu_pd(sums.mx.as_mut_ptr(), acc_mx);
 }
 
 /// `a` if `c` else `b`, by bit masks.
@@ -1170,6 +1298,14 @@ mod tests {
             eprintln!("skipped: this CPU has no AVX2+F16C");
             return;
         }
+        // Every loop this CPU runs, the portable one included.
+        let loops: Vec<Simd> = [Simd::None, Simd::Avx2, Simd::Avx512]
+            .into_iter()
+            .filter(|&s| s <= Simd::detect())
+            .collect();
+        if !loops.contains(&Simd::Avx512) {
+            eprintln!("note: this CPU has no AVX-512F; its loop is not checked here");
+        }
         let all: Vec<f32> = (0..=u16::MAX)
             .map(|b| f16::from_bits(b).to_f32())
             .filter(|v| v.is_finite())
@@ -1215,20 +1351,33 @@ mod tests {
                         let n = xs.len() / LANES * LANES;
                         let all_16: Vec<f16> = xs.iter().map(|&v| f16::from_f32(v)).collect();
                         let (xs, mut a, mut b) = (&xs[..n], vec![0u8; n], vec![0u8; n]);
-                        let ra = quantize_segment_with(xs, &mut a, p, lo, hi, Store::F16, true);
-                        let rb = quantize_segment_with(xs, &mut b, p, lo, hi, Store::F16, false);
-                        assert_eq!(a, b, "{t:?} sym={symmetric} scale={scale} zp={zero_point}");
-                        assert_eq!(ra.0.to_bits(), rb.0.to_bits());
-                        assert_eq!(ra.1.to_bits(), rb.1.to_bits());
-                        assert_eq!(ra.2.to_bits(), rb.2.to_bits());
+                        let rb =
+                            quantize_segment_with(xs, &mut b, p, lo, hi, Store::F16, Simd::None);
+                        for &simd in &loops {
+                            let ra = quantize_segment_with(xs, &mut a, p, lo, hi, Store::F16, simd);
+                            assert_eq!(
+                                a, b,
+                                "{simd:?} {t:?} sym={symmetric} scale={scale} zp={zero_point}"
+                            );
+                            assert_eq!(ra.0.to_bits(), rb.0.to_bits());
+                            assert_eq!(ra.1.to_bits(), rb.1.to_bits());
+                            assert_eq!(ra.2.to_bits(), rb.2.to_bits());
+                        }
                         // fp16 read in place, both loops, plus a tail.
                         let x16: Vec<f16> =
                             all_16[..n].iter().chain(&all_16[..5]).copied().collect();
                         let mut want = vec![0u8; n + 5];
                         let w32: Vec<f32> = x16.iter().map(|v| v.to_f32()).collect();
-                        let rw =
-                            quantize_segment_with(&w32, &mut want, p, lo, hi, Store::F16, false);
-                        for simd in [true, false] {
+                        let rw = quantize_segment_with(
+                            &w32,
+                            &mut want,
+                            p,
+                            lo,
+                            hi,
+                            Store::F16,
+                            Simd::None,
+                        );
+                        for &simd in &loops {
                             let mut c = vec![0u8; n + 5];
                             let r =
                                 quantize_segment_with(&x16, &mut c, p, lo, hi, Store::F16, simd);

@@ -224,7 +224,10 @@ pub fn kmeans_vectors(
     seed: u64,
     restarts: usize,
 ) -> VecClustering {
-    assert!(d > 0 && points.len() % d == 0, "points are d-vectors");
+    assert!(
+        d > 0 && points.len().is_multiple_of(d),
+        "points are d-vectors"
+    );
     let n = points.len() / d;
     if n == 0 {
         return VecClustering {

@@ -460,7 +460,7 @@ fn lut_ios18(
     let mut block = Vec::with_capacity(k);
     for i in 0..k {
         let g = lut.shape[i];
-        if g == 0 || indices.shape[i] % g != 0 {
+        if g == 0 || !indices.shape[i].is_multiple_of(g) {
             return Err(MilError::invalid(
                 ctx,
                 format!(
@@ -685,7 +685,7 @@ fn shift_scale(
     }
     let mut block = Vec::with_capacity(k);
     for i in 0..k {
-        if scale.shape[i] == 0 || data.shape[i] % scale.shape[i] != 0 {
+        if scale.shape[i] == 0 || !data.shape[i].is_multiple_of(scale.shape[i]) {
             return Err(MilError::invalid(
                 ctx,
                 format!("data dim {i} not divisible by scale dim"),

@@ -184,13 +184,13 @@ impl PruneParams {
                 if !(n > 0 && n < m) {
                     return bad(format!("n:m needs 0 < n < m, got {n}:{m}"));
                 }
-                if self.sweep_block % m != 0 {
+                if !self.sweep_block.is_multiple_of(m) {
                     return bad(format!(
                         "sweep block {} is not a multiple of m = {m} (groups are block-relative)",
                         self.sweep_block
                     ));
                 }
-                if cols % m != 0 {
+                if !cols.is_multiple_of(m) {
                     return bad(format!("{cols} columns are not a multiple of m = {m}"));
                 }
             }
