@@ -11,7 +11,7 @@ use super::BlobError;
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
 /// Bytes collected before a chunk is handed to the writing thread.
@@ -25,6 +25,9 @@ pub struct BlobWriter {
     path: PathBuf,
     pending: Vec<u8>,
     tx: Option<SyncSender<Vec<u8>>>,
+    /// Chunks the thread has written, back for reuse: a fresh megabyte
+    /// would cost 256 page faults each time.
+    free: Receiver<Vec<u8>>,
     thread: Option<JoinHandle<std::io::Result<File>>>,
     pos: u64,
     count: u32,
@@ -38,13 +41,18 @@ impl BlobWriter {
             source,
         })?;
         let (tx, rx) = sync_channel::<Vec<u8>>(IN_FLIGHT);
+        let (back, free) = channel::<Vec<u8>>();
         let thread = std::thread::Builder::new()
             .name("blob-writer".into())
             .spawn(move || {
                 // Stops at the first error; the sender sees the channel
                 // closed and `finish` reports the error.
-                for chunk in rx {
+                for mut chunk in rx {
                     file.write_all(&chunk)?;
+                    chunk.clear();
+                    // The writer may be gone (finishing): then the chunk is
+                    // simply dropped.
+                    let _ = back.send(chunk);
                 }
                 Ok(file)
             })
@@ -56,6 +64,7 @@ impl BlobWriter {
             path: path.to_path_buf(),
             pending: Vec::with_capacity(CHUNK),
             tx: Some(tx),
+            free,
             thread: Some(thread),
             pos: 0,
             count: 0,
@@ -71,11 +80,17 @@ impl BlobWriter {
         }
     }
 
-    fn write_all(&mut self, b: &[u8]) -> Result<(), BlobError> {
-        self.pending.extend_from_slice(b);
+    fn write_all(&mut self, mut b: &[u8]) -> Result<(), BlobError> {
         self.pos += b.len() as u64;
-        if self.pending.len() >= CHUNK {
-            self.send()?;
+        // In chunks of at most CHUNK bytes, so that a large payload never
+        // grows (reallocates) the pending buffer.
+        while !b.is_empty() {
+            let take = (CHUNK - self.pending.len().min(CHUNK)).min(b.len()).max(1);
+            self.pending.extend_from_slice(&b[..take]);
+            b = &b[take..];
+            if self.pending.len() >= CHUNK {
+                self.send()?;
+            }
         }
         Ok(())
     }
@@ -85,7 +100,11 @@ impl BlobWriter {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let chunk = std::mem::replace(&mut self.pending, Vec::with_capacity(CHUNK));
+        let next = self
+            .free
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+        let chunk = std::mem::replace(&mut self.pending, next);
         let sent = self.tx.as_ref().map(|tx| tx.send(chunk).is_ok());
         if sent == Some(true) {
             return Ok(());
@@ -226,6 +245,31 @@ mod tests {
         assert_eq!(r[2].padding_bits, 4);
         assert_eq!(f.payload(&r[2]), &[0x21, 0xf3, 0x09]);
         assert!(f.record(65).is_err());
+    }
+
+    /// Payloads larger than a chunk, and many chunks (so written chunks
+    /// come back and are reused): every payload reads back intact at the
+    /// offsets the writer returned.
+    #[test]
+    fn large_payloads_cross_reused_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("weight.bin");
+        let mut w = BlobWriter::create(&p).unwrap();
+        let sizes = [3 * CHUNK + 17, 5, CHUNK, CHUNK - 64, 40 * CHUNK + 1, 1];
+        let payloads: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(k, &n)| (0..n).map(|i| (i * 31 + k * 7 + i / 4096) as u8).collect())
+            .collect();
+        let offsets: Vec<u64> = payloads
+            .iter()
+            .map(|b| w.append(BlobDtype::UInt8, b, 0).unwrap())
+            .collect();
+        w.finish().unwrap();
+        let f = BlobFile::open(&p).unwrap();
+        for (b, &o) in payloads.iter().zip(&offsets) {
+            assert_eq!(f.payload(f.record(o).unwrap()), &b[..]);
+        }
     }
 
     /// A write error on the background thread reaches the caller, at a

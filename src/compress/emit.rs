@@ -10,6 +10,7 @@
 use crate::error::Error;
 use crate::kernels::bits;
 use crate::mil::program::op_name;
+use crate::mil::tensor::storage_bytes;
 use crate::mil::value::{
     blob_value, goes_to_blob, immediate_value, string_value, tensor_value_type,
 };
@@ -28,17 +29,38 @@ pub fn tensor_value(
     spec: i32,
     model_path: &Path,
 ) -> Result<mil::Value, Error> {
-    if goes_to_blob(t.dtype, t.numel(), spec) {
-        let bytes = t.to_storage_bytes().expect("blob dtypes encode");
-        let pad = if t.dtype.is_sub_byte() {
-            bits::padding_bits(t.numel(), t.dtype.bits())
+    data_value(t.dtype, &t.shape, &t.data, sink, file, spec, model_path)
+}
+
+/// [`tensor_value`] of borrowed parts: a blob-backed value is written from
+/// `data`'s own memory where its bytes are the storage bytes (no copy of a
+/// weight's codes).
+pub fn data_value(
+    dtype: DType,
+    shape: &[usize],
+    data: &Data,
+    sink: &mut WeightSink<'_>,
+    file: &str,
+    spec: i32,
+    model_path: &Path,
+) -> Result<mil::Value, Error> {
+    let numel = shape.iter().product::<usize>();
+    if goes_to_blob(dtype, numel, spec) {
+        let bytes = storage_bytes(dtype, data).expect("blob dtypes encode");
+        let pad = if dtype.is_sub_byte() {
+            bits::padding_bits(numel, dtype.bits())
         } else {
             0
         };
-        let off = sink.append(file, t.dtype.blob_dtype().expect("blob dtype"), &bytes, pad)?;
-        Ok(blob_value(t.dtype, &t.shape, file, off))
+        let off = sink.append(file, dtype.blob_dtype().expect("blob dtype"), &bytes, pad)?;
+        Ok(blob_value(dtype, shape, file, off))
     } else {
-        immediate_value(t).map_err(|e| Error::mil(model_path, e))
+        let t = Tensor {
+            dtype,
+            shape: shape.to_vec(),
+            data: data.clone(),
+        };
+        immediate_value(&t).map_err(|e| Error::mil(model_path, e))
     }
 }
 
@@ -108,13 +130,31 @@ impl Emitter<'_, '_> {
         tensor_value(t, self.sink, &self.file, self.spec, self.model_path)
     }
 
+    /// [`Emitter::value`] of borrowed parts (no copy of `data`).
+    fn data_value(
+        &mut self,
+        dtype: DType,
+        shape: &[usize],
+        data: &Data,
+    ) -> Result<mil::Value, Error> {
+        data_value(
+            dtype,
+            shape,
+            data,
+            self.sink,
+            &self.file,
+            self.spec,
+            self.model_path,
+        )
+    }
+
     /// Like `value`, but an identical byte-sized blob already written by
     /// this method is referenced instead of written again.
     fn shared_value(&mut self, t: &Tensor) -> Result<mil::Value, Error> {
         if !goes_to_blob(t.dtype, t.numel(), self.spec) || t.dtype.is_sub_byte() {
             return self.value(t);
         }
-        let bytes = t.to_storage_bytes().expect("blob dtypes encode");
+        let bytes = t.storage_bytes().expect("blob dtypes encode");
         let off = self.sink.append_shared(
             &self.file,
             t.dtype.blob_dtype().expect("blob dtype"),
@@ -536,18 +576,16 @@ pub fn quantized(
     let mut attributes = BTreeMap::new();
     attributes.insert("name".to_string(), string_value(name));
     let mut inputs = BTreeMap::new();
-    let codes = Tensor {
-        dtype: q.qdtype,
-        shape: shape.to_vec(),
-        data: q.codes.clone(),
-    };
     let r#type = if em.ios18() {
         let scale = Tensor {
             dtype,
             shape: q.grid.clone(),
             data: q.scale.clone(),
         };
-        inputs.insert("data".to_string(), inline_arg(em.value(&codes)?));
+        inputs.insert(
+            "data".to_string(),
+            inline_arg(em.data_value(q.qdtype, shape, &q.codes)?),
+        );
         inputs.insert("scale".to_string(), inline_arg(em.value(&scale)?));
         if let Some(o) = &q.offset {
             let off = Tensor {
@@ -584,7 +622,10 @@ pub fn quantized(
             shape: vec![],
             data: Data::I32(vec![q.axis.unwrap_or(0) as i32]),
         };
-        attributes.insert("quantized_data".to_string(), em.value(&codes)?);
+        attributes.insert(
+            "quantized_data".to_string(),
+            em.data_value(q.qdtype, shape, &q.codes)?,
+        );
         let zp_value = if zero_zp {
             em.shared_value(&zp)?
         } else {
@@ -624,11 +665,6 @@ pub fn sparse_quantized(
         shape: shape.to_vec(),
         data: Data::U8(mask.to_vec()),
     };
-    let codes = Tensor {
-        dtype: q.qdtype,
-        shape: vec![kept],
-        data: q.codes.clone(),
-    };
     let scale = Tensor {
         dtype,
         shape: q.grid.clone(),
@@ -636,7 +672,10 @@ pub fn sparse_quantized(
     };
     let mut inputs = BTreeMap::new();
     inputs.insert("data_mask".to_string(), inline_arg(em.value(&m)?));
-    inputs.insert("nonzero_data".to_string(), inline_arg(em.value(&codes)?));
+    inputs.insert(
+        "nonzero_data".to_string(),
+        inline_arg(em.data_value(q.qdtype, &[kept], &q.codes)?),
+    );
     inputs.insert("scale".to_string(), inline_arg(em.value(&scale)?));
     if let Some(o) = &q.offset {
         let off = Tensor {

@@ -2,6 +2,7 @@
 
 use super::dtype::DType;
 use half::f16;
+use std::borrow::Cow;
 
 /// Element storage. Sub-byte unsigned types are unpacked to one `u8` per
 /// element, `int4` to one `i8`, `bool` to 0/1 bytes.
@@ -105,27 +106,48 @@ impl Tensor {
     /// Little-endian storage bytes as Core ML stores this tensor in a blob
     /// (sub-byte types packed). `None` for types that cannot live in a blob.
     pub fn to_storage_bytes(&self) -> Option<Vec<u8>> {
-        use crate::kernels::bits;
-        let bits_n = self.dtype.bits();
-        Some(match &self.data {
-            Data::F16(v) => v.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect(),
-            Data::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            Data::F64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            Data::Raw(v) => v.clone(),
-            Data::U8(v) if self.dtype.is_sub_byte() => bits::pack(v, bits_n),
-            Data::U8(v) => v.clone(),
-            Data::I8(v) if self.dtype.is_sub_byte() => {
-                let raw: Vec<u8> = v.iter().map(|&x| (x as u8) & 0x0f).collect();
-                bits::pack(&raw, bits_n)
-            }
-            Data::I8(v) => v.iter().map(|&x| x as u8).collect(),
-            Data::I16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            Data::U16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            Data::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            Data::U32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            Data::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            Data::U64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            Data::Str(_) => return None,
-        })
+        self.storage_bytes().map(Cow::into_owned)
     }
+
+    /// [`Tensor::to_storage_bytes`] without a copy where the elements'
+    /// memory already is those bytes (byte-sized types, and on a
+    /// little-endian machine every multi-byte type): a weight's codes go to
+    /// the blob writer straight from the buffer the kernel filled.
+    pub fn storage_bytes(&self) -> Option<Cow<'_, [u8]>> {
+        storage_bytes(self.dtype, &self.data)
+    }
+}
+
+/// The storage bytes of `data` as elements of `dtype` (see
+/// [`Tensor::storage_bytes`]).
+pub fn storage_bytes(dtype: DType, data: &Data) -> Option<Cow<'_, [u8]>> {
+    use crate::kernels::bits;
+    let bits_n = dtype.bits();
+    fn le<T: bytemuck::Pod, const N: usize>(v: &[T], f: impl Fn(&T) -> [u8; N]) -> Cow<'_, [u8]> {
+        if cfg!(target_endian = "little") {
+            Cow::Borrowed(bytemuck::cast_slice(v))
+        } else {
+            Cow::Owned(v.iter().flat_map(f).collect())
+        }
+    }
+    Some(match data {
+        Data::F16(v) => le(v, |x| x.to_bits().to_le_bytes()),
+        Data::F32(v) => le(v, |x| x.to_le_bytes()),
+        Data::F64(v) => le(v, |x| x.to_le_bytes()),
+        Data::Raw(v) => Cow::Borrowed(v),
+        Data::U8(v) if dtype.is_sub_byte() => Cow::Owned(bits::pack(v, bits_n)),
+        Data::U8(v) => Cow::Borrowed(v),
+        Data::I8(v) if dtype.is_sub_byte() => {
+            let raw: Vec<u8> = v.iter().map(|&x| (x as u8) & 0x0f).collect();
+            Cow::Owned(bits::pack(&raw, bits_n))
+        }
+        Data::I8(v) => Cow::Borrowed(bytemuck::cast_slice(v)),
+        Data::I16(v) => le(v, |x| x.to_le_bytes()),
+        Data::U16(v) => le(v, |x| x.to_le_bytes()),
+        Data::I32(v) => le(v, |x| x.to_le_bytes()),
+        Data::U32(v) => le(v, |x| x.to_le_bytes()),
+        Data::I64(v) => le(v, |x| x.to_le_bytes()),
+        Data::U64(v) => le(v, |x| x.to_le_bytes()),
+        Data::Str(_) => return None,
+    })
 }

@@ -133,7 +133,22 @@ pub fn decode_storage(bytes: &[u8], dtype: DType, n: usize, ctx: &str) -> Result
             format!("{} bytes, expected {need} for {n} x {dtype}", bytes.len()),
         ));
     }
-    fn chunks<const N: usize, T>(b: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
+    fn chunks<const N: usize, T: bytemuck::Pod>(b: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
+        debug_assert_eq!(std::mem::size_of::<T>(), N);
+        if cfg!(target_endian = "little") {
+            // The storage bytes are the elements' memory: one copy, not an
+            // element loop (a weight blob is a memcpy away from its tensor).
+            let n = b.len() / N;
+            let mut v: Vec<T> = Vec::with_capacity(n);
+            // SAFETY: `v` has room for `n` elements = `n * N` bytes, `b` has
+            // at least that many, the regions are distinct, and `T: Pod`
+            // makes every byte pattern a valid `T`.
+            unsafe {
+                std::ptr::copy_nonoverlapping(b.as_ptr(), v.as_mut_ptr().cast::<u8>(), n * N);
+                v.set_len(n);
+            }
+            return v;
+        }
         b.chunks_exact(N)
             .map(|c| {
                 let mut a = [0u8; N];
