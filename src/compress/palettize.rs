@@ -858,22 +858,21 @@ fn scaled_values<T: Element>(
 /// of a dense `[outer, chans, inner]` weight, read row by row (max |w| in
 /// f32 is exact, as in `row_scale`).
 fn position_scales<T: Element>(x: &[T], outer: usize, chans: usize, inner: usize) -> Vec<T> {
-    let per_outer: Vec<Vec<f32>> = (0..outer)
+    // Tiles of positions in parallel (a linear or conv weight has one
+    // outer index: its positions are the only parallelism); each reads
+    // every channel's contiguous run of the tile.
+    const PTILE: usize = 4096;
+    let tiles = inner.div_ceil(PTILE).max(1);
+    let per_tile: Vec<Vec<f32>> = (0..outer * tiles)
         .into_par_iter()
-        .map(|oi| {
-            let mut m = vec![0f32; inner];
-            let mut wide = vec![0f32; inner];
-            for c in 0..chans {
-                let start = (oi * chans + c) * inner;
-                T::widen_slice(&x[start..start + inner], &mut wide);
-                for (a, w) in m.iter_mut().zip(&wide) {
-                    *a = a.max(w.abs());
-                }
-            }
-            m
+        .map(|k| {
+            let (oi, t0) = (k / tiles, k % tiles * PTILE);
+            let len = PTILE.min(inner - t0);
+            let start = oi * chans * inner + t0;
+            T::abs_max_runs(&x[start..], chans, inner, len)
         })
         .collect();
-    per_outer.into_iter().flatten().map(scale_of_max).collect()
+    per_tile.into_iter().flatten().map(scale_of_max).collect()
 }
 
 /// Positions per tile when [`scaled_values_input`] transposes a weight.

@@ -356,6 +356,21 @@ pub trait Element: Copy + Send + Sync + 'static {
     fn from_f64(x: f64) -> Self;
     /// Exact widening of a slice into `dst` (same length).
     fn widen_slice(src: &[Self], dst: &mut [f32]);
+    /// `max |x|` at each of `len` positions over `rows` runs of `x`: run
+    /// `r` starts at `r * stride` (the channels of a weight at a tile of
+    /// positions). NaN never wins the float max; a non-finite weight is
+    /// refused later anyway.
+    fn abs_max_runs(x: &[Self], rows: usize, stride: usize, len: usize) -> Vec<f32> {
+        let mut m = vec![0f32; len];
+        let mut wide = vec![0f32; len];
+        for r in 0..rows {
+            Self::widen_slice(&x[r * stride..r * stride + len], &mut wide);
+            for (a, w) in m.iter_mut().zip(&wide) {
+                *a = a.max(w.abs());
+            }
+        }
+        m
+    }
     /// Whether every value is finite (`buf` is scratch for widening).
     fn all_finite(src: &[Self], buf: &mut Vec<f32>) -> bool {
         buf.resize(src.len(), 0f32);
@@ -373,6 +388,19 @@ pub trait Element: Copy + Send + Sync + 'static {
 }
 
 impl Element for f16 {
+    /// On the bits: the magnitude bits of finite fp16 values order as their
+    /// absolute values, so the max is an integer max (no widening).
+    fn abs_max_runs(x: &[f16], rows: usize, stride: usize, len: usize) -> Vec<f32> {
+        let bits: &[u16] = bytemuck::cast_slice(x);
+        let mut m = vec![0u16; len];
+        for r in 0..rows {
+            for (a, &b) in m.iter_mut().zip(&bits[r * stride..r * stride + len]) {
+                *a = (*a).max(b & 0x7fff);
+            }
+        }
+        m.into_iter().map(|b| f16::from_bits(b).to_f32()).collect()
+    }
+
     /// On the bits: finite iff the exponent is not all ones (no widening).
     fn all_finite(src: &[f16], _buf: &mut Vec<f32>) -> bool {
         let bits: &[u16] = bytemuck::cast_slice(src);
@@ -1182,6 +1210,30 @@ mod tests {
         assert_eq!(f16_key_at_most(f64::INFINITY), 0xfc00);
         assert_eq!(f16_key_at_most(f64::NEG_INFINITY), 0x03ff);
         assert_eq!(f16_key_at_most(-1e300), 0x03ff);
+    }
+
+    /// fp16's column-wise max |x| on bits equals the widened float max, on
+    /// every finite bit pattern laid out over strided runs.
+    #[test]
+    fn f16_abs_max_runs_on_bits() {
+        let (rows, stride, len) = (61, 1100, 1075);
+        let x: Vec<f16> = (0..rows * stride)
+            .map(|i| {
+                f16::from_bits(
+                    ((((i as u32).wrapping_mul(2_654_435_761) >> 16) as u16) % 0x7c00)
+                        | ((i as u16 & 1) << 15),
+                )
+            })
+            .collect();
+        let got = f16::abs_max_runs(&x, rows, stride, len);
+        for (t, &g) in got.iter().enumerate() {
+            let want = (0..rows)
+                .map(|r| x[r * stride + t].to_f32().abs())
+                .fold(0f32, f32::max);
+            assert_eq!(g.to_bits(), want.to_bits(), "position {t}");
+        }
+        let wide: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+        assert_eq!(f32::abs_max_runs(&wide, rows, stride, len), got);
     }
 
     /// fp16's finite test on bits agrees with the widened one on every bit
