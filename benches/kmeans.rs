@@ -15,29 +15,12 @@
 //! so figures hold on a shared machine; each case repeats until it has used
 //! 0.3 s of CPU and the best of three such rounds is printed.
 
+mod common;
+
+use common::{cpu_per_unit, normal_f16};
 use half::f16;
 use sdcompress::kernels::kmeans::{kmeans_1d, Histogram};
 use sdcompress::kernels::palettize::{palettize_f16, Mode, Scratch16};
-
-fn normal_f16(n: usize, seed: u64, std: f64) -> Vec<f16> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut next = move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        (s >> 11) as f64 / (1u64 << 53) as f64
-    };
-    (0..n)
-        .map(|t| {
-            let (u1, u2) = (next().max(1e-300), next());
-            let g = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
-            // Per-row scales and rare large outliers, as in trained weights.
-            let row = 1.0 + 0.5 * ((t / 64) % 5) as f64 / 5.0;
-            let x = if next() < 0.001 { 8.0 * g.signum() } else { g };
-            f16::from_f64(std * row * x)
-        })
-        .collect()
-}
 
 /// Order-preserving key of a finite fp16 pattern (as main@ff143d8 had it).
 fn key16(bits: u16) -> u16 {
@@ -112,24 +95,6 @@ fn before(values: &[f16], nbits: u32, counts: &mut [u32], index_of: &mut [u8]) -
         .collect()
 }
 
-/// CPU seconds per call of `f` over `groups`: best of three rounds of at
-/// least 0.3 s of this thread's CPU each.
-fn cpu_per_group<T>(groups: &[T], mut f: impl FnMut(&T)) -> f64 {
-    let mut best = f64::INFINITY;
-    for _ in 0..3 {
-        let t0 = thread_cpu();
-        let mut calls = 0usize;
-        while thread_cpu() - t0 < 0.3 {
-            for g in groups {
-                f(g);
-            }
-            calls += groups.len();
-        }
-        best = best.min((thread_cpu() - t0) / calls as f64);
-    }
-    best
-}
-
 fn main() {
     let cases: &[(&str, usize, u32)] = &[
         ("group 16 x 320 (SD attn 320)", 16 * 320, 4),
@@ -147,7 +112,7 @@ fn main() {
         "case", "nbits", "distinct", "now ms", "before ms", "kmeans ms", "before/now", "now ms/Mw"
     );
     for &(name, n, nbits) in cases {
-        let groups: Vec<Vec<f16>> = (0..4).map(|g| normal_f16(n, g + 1, 0.03)).collect();
+        let groups: Vec<Vec<f16>> = (0..4).map(|g| normal_f16(n, g + 1, 0.03, 64)).collect();
         // The shipped front end must agree with the rebuilt old one.
         for g in &groups {
             let now = palettize_f16(g, nbits, Mode::Kmeans, &mut sc).expect("finite");
@@ -158,14 +123,25 @@ fn main() {
             .map(|g| Histogram::from_values(&g.iter().map(|v| v.to_f64()).collect::<Vec<_>>()))
             .collect();
         let distinct = hists.iter().map(Histogram::len).sum::<usize>() / hists.len();
-        let now = cpu_per_group(&groups, |g| {
-            std::hint::black_box(palettize_f16(g, nbits, Mode::Kmeans, &mut sc).expect("finite"));
+        let now = cpu_per_unit(|| {
+            for g in &groups {
+                std::hint::black_box(
+                    palettize_f16(g, nbits, Mode::Kmeans, &mut sc).expect("finite"),
+                );
+            }
+            groups.len()
         });
-        let old = cpu_per_group(&groups, |g| {
-            std::hint::black_box(before(g, nbits, &mut counts, &mut index_of));
+        let old = cpu_per_unit(|| {
+            for g in &groups {
+                std::hint::black_box(before(g, nbits, &mut counts, &mut index_of));
+            }
+            groups.len()
         });
-        let km = cpu_per_group(&hists, |h| {
-            std::hint::black_box(kmeans_1d(h, 1 << nbits));
+        let km = cpu_per_unit(|| {
+            for h in &hists {
+                std::hint::black_box(kmeans_1d(h, 1 << nbits));
+            }
+            hists.len()
         });
         println!(
             "{name:<34} {nbits:>5} {distinct:>9} {:>11.3} {:>11.3} {:>11.3} {:>9.2}x {:>12.1}",
@@ -176,25 +152,4 @@ fn main() {
             now * 1e3 * 1e6 / n as f64
         );
     }
-}
-
-/// On-CPU seconds of the calling thread (Linux `schedstat`, nanoseconds);
-/// falls back to the process's user+system ticks elsewhere.
-fn thread_cpu() -> f64 {
-    if let Some(ns) = std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-    {
-        return ns as f64 * 1e-9;
-    }
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit(')').next()?.to_string();
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let ut: f64 = f.get(11)?.parse().ok()?;
-            let st: f64 = f.get(12)?.parse().ok()?;
-            Some((ut + st) / 100.0)
-        })
-        .unwrap_or(0.0)
 }
