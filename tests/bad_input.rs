@@ -607,6 +607,30 @@ fn blob_size_differs_from_declared_shape_decompress() {
     dense_size_mismatch_case().decompress_fails("model.mlmodel", "48 bytes");
 }
 
+/// `quantize` reads fp16 weights in place from the mapped file: a blob
+/// that does not match the declared type or shape is refused the same way
+/// as when the weight is decoded, with nothing written.
+#[test]
+fn quantize_refuses_a_mismatched_blob_read_in_place() {
+    for (c, keyword) in [
+        (dense_dtype_mismatch_case(), "Float16"),
+        (dense_size_mismatch_case(), "48 bytes"),
+    ] {
+        let out = run([
+            Path::new("quantize").as_os_str(),
+            c.pkg.as_os_str(),
+            Path::new("-o").as_os_str(),
+            c.out.as_os_str(),
+            Path::new("--dtype").as_os_str(),
+            Path::new("int8").as_os_str(),
+            Path::new("--weight-threshold").as_os_str(),
+            Path::new("0").as_os_str(),
+        ]);
+        assert_error(&out, "model.mlmodel", keyword);
+        assert_nothing_written(&c.out);
+    }
+}
+
 #[test]
 fn blob_size_differs_from_declared_shape_info() {
     let c = dense_size_mismatch_case();

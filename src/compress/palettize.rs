@@ -364,7 +364,7 @@ impl WeightPass for Palettize {
         lut_ios18_reason(s)
     }
 
-    fn compute(&self, input: WeightData, p: &LutPlan) -> Result<Compressed, String> {
+    fn compute(&self, input: WeightData<'_>, p: &LutPlan) -> Result<Compressed, String> {
         let (lut, e) = if p.settings.cluster_dim > 1 {
             palettize_vectors(&input.tensor, p, self.seed)?
         } else {

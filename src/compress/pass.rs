@@ -25,7 +25,7 @@ use super::target::{output_target, refuse_compressed, upgrade};
 use crate::error::Error;
 use crate::mil::constexpr::Evaluator;
 use crate::mil::program::op_name;
-use crate::mil::value::{decode_value, tensor_value_type, BlobFiles};
+use crate::mil::value::{decode_value, mapped_f16, tensor_type_of, tensor_value_type, BlobFiles};
 use crate::mil::{Data, FunctionIndex, Tensor};
 use crate::model::Target;
 use crate::package::{Package, WeightSink};
@@ -48,9 +48,13 @@ pub enum Decision<S> {
 
 /// A weight's values as the pass sees them.
 #[derive(Debug)]
-pub struct WeightData {
+pub struct WeightData<'a> {
     /// The dense weight (zeros at pruned positions for a sparse input).
+    /// When `mapped` is set, only its dtype and shape: `data` is empty.
     pub tensor: Tensor,
+    /// An fp16 const's values read in place from the mapped weight file,
+    /// given only to a pass whose [`WeightPass::reads_mapped`] is true.
+    pub mapped: Option<&'a [f16]>,
     /// The input's keep mask, for a weight that is already sparse.
     pub keep: Option<Vec<bool>>,
 }
@@ -101,7 +105,13 @@ pub trait WeightPass: Send + Sync {
     fn ios18_reason(&self, w: &Weight, s: &Self::Settings) -> Option<&'static str>;
 
     /// Compresses one weight (pure; runs on worker threads).
-    fn compute(&self, input: WeightData, s: &Self::Settings) -> Result<Compressed, String>;
+    fn compute(&self, input: WeightData<'_>, s: &Self::Settings) -> Result<Compressed, String>;
+
+    /// Whether `compute` reads [`WeightData::mapped`]: fp16 consts are
+    /// then given in place, without the copy a decoded tensor costs.
+    fn reads_mapped(&self) -> bool {
+        false
+    }
 
     /// The ops that replace the weight. The default writes the form
     /// `c` describes (see [`Builder::weight_ops`]).
@@ -260,7 +270,13 @@ impl<'p, P: WeightPass> WeightRewriter<'p, P> {
             .into_par_iter()
             .with_max_len(1)
             .map(|(i, source, s, _)| {
-                let r = load(index, i, source, blobs).and_then(|d| pass.compute(d, &s));
+                let r = load(index, i, source, blobs, pass.reads_mapped()).and_then(|d| {
+                    let (mapped, r) = (d.mapped.is_some(), pass.compute(d, &s));
+                    if mapped {
+                        release_mapped(index, i, blobs);
+                    }
+                    r
+                });
                 (i, r)
             })
             .collect();
@@ -299,20 +315,41 @@ impl<'p, P: WeightPass> WeightRewriter<'p, P> {
     }
 }
 
-/// Decodes a weight's values (on a worker thread).
-fn load(
+/// Decodes a weight's values (on a worker thread); with `in_place`, an
+/// fp16 const is borrowed from the mapped weight file instead.
+fn load<'b>(
     index: &FunctionIndex<'_>,
     i: usize,
     source: Source,
-    blobs: &BlobFiles,
-) -> Result<WeightData, String> {
+    blobs: &'b BlobFiles,
+    in_place: bool,
+) -> Result<WeightData<'b>, String> {
     let op = index.ops[i].1;
     match source {
         Source::Const => {
             let val = op.attributes.get("val").ok_or("const has no value")?;
-            let tensor = decode_value(val, blobs, &op_name(op).unwrap_or_default())
-                .map_err(|e| e.to_string())?;
-            Ok(WeightData { tensor, keep: None })
+            let ctx = op_name(op).unwrap_or_default();
+            if in_place {
+                if let Some(m) = mapped_f16(val, blobs, &ctx).map_err(|e| e.to_string())? {
+                    let (dtype, shape) =
+                        tensor_type_of(val.r#type.as_ref(), &ctx).map_err(|e| e.to_string())?;
+                    return Ok(WeightData {
+                        tensor: Tensor {
+                            dtype,
+                            shape,
+                            data: Data::F16(Vec::new()),
+                        },
+                        mapped: Some(m.values),
+                        keep: None,
+                    });
+                }
+            }
+            let tensor = decode_value(val, blobs, &ctx).map_err(|e| e.to_string())?;
+            Ok(WeightData {
+                tensor,
+                mapped: None,
+                keep: None,
+            })
         }
         Source::Sparse => {
             let p = Evaluator::new(index, blobs)
@@ -342,8 +379,20 @@ fn load(
                     shape: p.shape,
                     data,
                 },
+                mapped: None,
                 keep: Some(keep),
             })
+        }
+    }
+}
+
+/// Lets the mapped pages of const `i` go once its in-place values are
+/// used (a streamed multi-GB model keeps a small resident set).
+fn release_mapped(index: &FunctionIndex<'_>, i: usize, blobs: &BlobFiles) {
+    let op = index.ops[i].1;
+    if let Some(val) = op.attributes.get("val") {
+        if let Ok(Some(m)) = mapped_f16(val, blobs, "") {
+            m.release();
         }
     }
 }

@@ -310,7 +310,7 @@ impl WeightPass for Prune {
         }
     }
 
-    fn compute(&self, input: WeightData, p: &PrunePlan) -> Result<Compressed, String> {
+    fn compute(&self, input: WeightData<'_>, p: &PrunePlan) -> Result<Compressed, String> {
         let t = input.tensor;
         let mut detail = serde_json::Map::new();
         if let (Some(sg), Some(pattern)) = (&p.sparsegpt, p.pattern) {

@@ -196,16 +196,22 @@ impl WeightPass for Quantize {
             .then_some("4-bit and per-block quantization")
     }
 
-    fn compute(&self, input: WeightData, p: &QuantPlan) -> Result<Compressed, String> {
+    /// fp16 weights are quantized where they are mapped: no decoded copy.
+    fn reads_mapped(&self) -> bool {
+        true
+    }
+
+    fn compute(&self, input: WeightData<'_>, p: &QuantPlan) -> Result<Compressed, String> {
         let t = input.tensor;
         let spec = Spec {
             qtype: p.qtype,
             symmetric: p.mode == QuantMode::LinearSymmetric,
         };
         // fp16 weights are read in place (widened 8 values at a time).
-        let (q, store) = match &t.data {
-            Data::F16(v) => (quantize_blocks_f16(v, &t.shape, &p.grid, spec), Store::F16),
-            Data::F32(v) => (
+        let (q, store) = match (&t.data, input.mapped) {
+            (_, Some(v)) => (quantize_blocks_f16(v, &t.shape, &p.grid, spec), Store::F16),
+            (Data::F16(v), None) => (quantize_blocks_f16(v, &t.shape, &p.grid, spec), Store::F16),
+            (Data::F32(v), None) => (
                 quantize_blocks(v, &t.shape, &p.grid, spec, Store::F32),
                 Store::F32,
             ),

@@ -183,6 +183,45 @@ pub fn decode_storage(bytes: &[u8], dtype: DType, n: usize, ctx: &str) -> Result
     })
 }
 
+/// An fp16 weight read in place from its memory-mapped blob: the values,
+/// and where they live (to release the pages afterwards).
+#[derive(Debug, Clone, Copy)]
+pub struct MappedF16<'a> {
+    /// The weight's values, borrowed from the mapping.
+    pub values: &'a [f16],
+    file: &'a BlobFile,
+    rec: BlobRecord,
+}
+
+impl MappedF16<'_> {
+    /// Lets the mapped pages go (as [`decode_value`] does after its copy).
+    pub fn release(&self) {
+        self.file.release(&self.rec);
+    }
+}
+
+/// `v` read in place when it is a blob-backed fp16 tensor whose payload is
+/// 2-byte aligned in memory (it always is in a mapped file: payloads start
+/// on 64-byte boundaries) on a little-endian machine; `None` otherwise, for
+/// [`decode_value`]. Validated like [`decode_value`] validates.
+pub fn mapped_f16<'a>(
+    v: &mil::Value,
+    blobs: &'a BlobFiles,
+    ctx: &str,
+) -> Result<Option<MappedF16<'a>>, MilError> {
+    let Some(value::Value::BlobFileValue(bv)) = &v.value else {
+        return Ok(None);
+    };
+    let (dtype, shape) = tensor_type_of(v.r#type.as_ref(), ctx)?;
+    if dtype != DType::Fp16 || cfg!(target_endian = "big") {
+        return Ok(None);
+    }
+    let (file, rec) = blob_record(blobs, bv, dtype, &shape, ctx)?;
+    Ok(bytemuck::try_cast_slice::<u8, f16>(file.payload(&rec))
+        .ok()
+        .map(|values| MappedF16 { values, file, rec }))
+}
+
 /// Decodes a compile-time `Value` into a dense tensor.
 pub fn decode_value(v: &mil::Value, blobs: &BlobFiles, ctx: &str) -> Result<Tensor, MilError> {
     let (dtype, shape) = tensor_type_of(v.r#type.as_ref(), ctx)?;
