@@ -364,11 +364,25 @@ impl WeightPass for Palettize {
         lut_ios18_reason(s)
     }
 
+    /// Scalar LUTs read fp16 weights where they are mapped (the vector
+    /// path takes a decoded tensor).
+    fn reads_mapped(&self, p: &LutPlan) -> bool {
+        p.settings.cluster_dim <= 1
+    }
+
     fn compute(&self, input: WeightData<'_>, p: &LutPlan) -> Result<Compressed, String> {
         let (lut, e) = if p.settings.cluster_dim > 1 {
             palettize_vectors(&input.tensor, p, self.seed)?
         } else {
-            palettize_weight(&input.tensor, input.keep.as_deref(), p)?
+            match input.mapped {
+                // fp16 read in place (see `reads_mapped`).
+                Some(x) => {
+                    let t = &input.tensor;
+                    let r = palettize_values::<f16>(x, &t.shape, None, p)?;
+                    r.into_lut(Data::F16, t.dtype, p)
+                }
+                None => palettize_weight(&input.tensor, input.keep.as_deref(), p)?,
+            }
         };
         let mut detail = lut_detail(p, &lut);
         if let Some(k) = &input.keep {

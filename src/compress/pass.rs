@@ -109,7 +109,7 @@ pub trait WeightPass: Send + Sync {
 
     /// Whether `compute` reads [`WeightData::mapped`]: fp16 consts are
     /// then given in place, without the copy a decoded tensor costs.
-    fn reads_mapped(&self) -> bool {
+    fn reads_mapped(&self, _s: &Self::Settings) -> bool {
         false
     }
 
@@ -270,7 +270,7 @@ impl<'p, P: WeightPass> WeightRewriter<'p, P> {
             .into_par_iter()
             .with_max_len(1)
             .map(|(i, source, s, _)| {
-                let r = load(index, i, source, blobs, pass.reads_mapped()).and_then(|d| {
+                let r = load(index, i, source, blobs, pass.reads_mapped(&s)).and_then(|d| {
                     let (mapped, r) = (d.mapped.is_some(), pass.compute(d, &s));
                     if mapped {
                         release_mapped(index, i, blobs);

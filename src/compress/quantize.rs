@@ -197,7 +197,7 @@ impl WeightPass for Quantize {
     }
 
     /// fp16 weights are quantized where they are mapped: no decoded copy.
-    fn reads_mapped(&self) -> bool {
+    fn reads_mapped(&self, _p: &QuantPlan) -> bool {
         true
     }
 
