@@ -838,6 +838,15 @@ impl RowBlocks {
         }
     }
 
+    /// Whether every block lies inside one row (one block per row or per
+    /// segment of a row: per channel, and per block along the last axis),
+    /// so a row's blocks can be ranged and quantized in one visit.
+    fn row_local(&self) -> bool {
+        self.ext[..self.ext.len().saturating_sub(1)]
+            .iter()
+            .all(|&e| e == 1)
+    }
+
     /// Block of the first segment of row `r`.
     fn first(&self, mut r: usize) -> usize {
         let k = self.shape.len();
@@ -963,12 +972,85 @@ fn range_of_f16(xs: &[half::f16]) -> (f32, f32, bool) {
     )
 }
 
+/// [`quantize_with`] when every block lies inside one row: each chunk
+/// of rows is ranged, scaled and quantized segment by segment while it is
+/// in cache (one read of the weight instead of two). Blocks are numbered
+/// row by row, segment by segment, so the chunks' parameters concatenate
+/// in block order; the sums are added in the same order as the two-pass
+/// path, so the result is the same, bit for bit.
+fn quantize_row_local<T: Element>(
+    x: &[T],
+    rb: &RowBlocks,
+    spec: Spec,
+    store: Store,
+) -> Result<Quantized, QuantError> {
+    use rayon::prelude::*;
+    let (row, seg) = (rb.row.max(1), rb.seg.max(1));
+    let rows_per_chunk = (CHUNK_ELEMS / row).max(1);
+    let (lo, hi) = spec.qtype.range(spec.symmetric);
+    let mut codes = vec![0u8; x.len()];
+    type Part = (Vec<Params>, (f64, f64, f64));
+    let parts: Vec<Result<Part, QuantError>> = codes
+        .par_chunks_mut(rows_per_chunk * row)
+        .zip(x.par_chunks(rows_per_chunk * row))
+        .map(|(cs, xs)| {
+            let mut buf = [0f32; SUB];
+            let mut ps = Vec::new();
+            let (mut signal, mut sse, mut max_abs) = (0f64, 0f64, 0f64);
+            for (crow, xrow) in cs.chunks_mut(row).zip(xs.chunks(row)) {
+                for (cseg, xseg) in crow.chunks_mut(seg).zip(xrow.chunks(seg)) {
+                    let (vmin, vmax, finite) = T::range(xseg, &mut buf);
+                    if !finite {
+                        return Err(QuantError::NonFinite);
+                    }
+                    let p = params(vmin, vmax, spec, store);
+                    ps.push(p);
+                    let (s, e, m) = quantize_segment(xseg, cseg, p, lo, hi, store);
+                    signal += s;
+                    sse += e;
+                    max_abs = max_abs.max(m);
+                }
+            }
+            Ok((ps, (signal, sse, max_abs)))
+        })
+        .collect();
+    let mut all = Vec::new();
+    let (mut signal, mut sse, mut max_abs) = (0f64, 0f64, 0f64);
+    for part in parts {
+        let (ps, (s, e, m)) = part?;
+        all.extend(ps);
+        signal += s;
+        sse += e;
+        max_abs = max_abs.max(m);
+    }
+    Ok(Quantized {
+        codes,
+        params: all,
+        signal,
+        sse,
+        max_abs,
+    })
+}
+
 fn quantize_blocks_of<T: Element>(
     x: &[T],
     shape: &[usize],
     grid: &[usize],
     spec: Spec,
     store: Store,
+) -> Result<Quantized, QuantError> {
+    quantize_with(x, shape, grid, spec, store, true)
+}
+
+/// The quantizer; `fuse` allows [`quantize_row_local`] where it applies
+/// (the tests turn it off to compare the two paths).
+fn quantize_with<T: Element>(
+    x: &[T],
+    shape: &[usize],
+    grid: &[usize],
+    spec: Spec,
+    store: Store,
+    fuse: bool,
 ) -> Result<Quantized, QuantError> {
     use rayon::prelude::*;
     if grid.len() != shape.len()
@@ -981,6 +1063,9 @@ fn quantize_blocks_of<T: Element>(
     let rb = RowBlocks::new(shape, grid);
     let (row, seg) = (rb.row.max(1), rb.seg.max(1));
     let rows_per_chunk = (CHUNK_ELEMS / row).max(1);
+    if fuse && rb.row_local() && !x.is_empty() {
+        return quantize_row_local(x, &rb, spec, store);
+    }
     // Ranges of every segment, in parallel over chunks of rows, then folded
     // into their blocks in order.
     let ranges: Vec<Vec<(f32, f32, bool)>> = x
@@ -1271,6 +1356,60 @@ mod tests {
             quantize_blocks(&[0.0; 6], &[6], &[4], spec, Store::F16).unwrap_err(),
             QuantError::BadGrid
         );
+    }
+
+    /// The one-visit path for row-local blocks gives the same codes,
+    /// parameters and sums, bit for bit, as ranging everything first: per
+    /// channel (linear and conv shapes), per block along the last axis, in
+    /// every code type and mode, on fp16 read in place and on f32; and a
+    /// non-finite value is refused by both.
+    #[test]
+    fn row_local_path_equals_two_passes() {
+        let shapes: &[(&[usize], &[usize])] = &[
+            (&[37, 200], &[37, 1]),
+            (&[12, 5, 3, 3], &[12, 1, 1, 1]),
+            (&[8, 96], &[8, 3]),
+            (&[6, 8, 3, 3], &[6, 4, 1, 1]),
+            (&[300], &[10]),
+            (&[3, 70_000], &[3, 1]),
+        ];
+        for (k, &(shape, grid)) in shapes.iter().enumerate() {
+            let n: usize = shape.iter().product();
+            let xs = values(n, k as u64 + 3, 0.05, Store::F16);
+            let h: Vec<f16> = xs.iter().map(|&v| f16::from_f32(v)).collect();
+            assert!(
+                RowBlocks::new(shape, grid).row_local(),
+                "{shape:?} {grid:?}"
+            );
+            for qtype in ALL {
+                for symmetric in [true, false] {
+                    let spec = Spec { qtype, symmetric };
+                    let a = quantize_with(&h, shape, grid, spec, Store::F16, true).unwrap();
+                    let b = quantize_with(&h, shape, grid, spec, Store::F16, false).unwrap();
+                    let c = quantize_with(&xs, shape, grid, spec, Store::F32, true).unwrap();
+                    let d = quantize_with(&xs, shape, grid, spec, Store::F32, false).unwrap();
+                    for (p, q) in [(&a, &b), (&c, &d)] {
+                        assert_eq!(p.codes, q.codes, "{shape:?} {qtype:?}");
+                        assert_eq!(p.params, q.params);
+                        assert_eq!(p.signal.to_bits(), q.signal.to_bits());
+                        assert_eq!(p.sse.to_bits(), q.sse.to_bits());
+                        assert_eq!(p.max_abs.to_bits(), q.max_abs.to_bits());
+                    }
+                }
+            }
+            let mut bad = h.clone();
+            bad[n - 1] = f16::NAN;
+            let spec = Spec {
+                qtype: QType::Int8,
+                symmetric: true,
+            };
+            assert_eq!(
+                quantize_with(&bad, shape, grid, spec, Store::F16, true).unwrap_err(),
+                QuantError::NonFinite
+            );
+        }
+        // Per tensor is not row-local: blocks span rows.
+        assert!(!RowBlocks::new(&[8, 96], &[1, 1]).row_local());
     }
 
     /// The fp16 range on bits equals the widened float reduction: on runs
