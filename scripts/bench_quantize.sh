@@ -43,6 +43,9 @@ fi
 measure() { # measure LOG CMD... -> "wall cpu rss_mb"
     local log=$1
     shift
+    # The previous tool's output (up to 860 MB on SD-1.5) is written back first, so neither
+    # tool is timed while the kernel flushes the other's pages.
+    sync
     /usr/bin/time -v -o "$log" "$@" >/dev/null 2>&1
     awk -F': ' '/Elapsed \(wall/ {n=split($2,t,":"); w=(n==3)?t[1]*3600+t[2]*60+t[3]:t[1]*60+t[2]}
         /User time/ {u=$2} /System time/ {s=$2} /Maximum resident/ {r=$2}

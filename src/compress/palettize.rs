@@ -374,7 +374,7 @@ impl WeightPass for Palettize {
         let (lut, e) = if p.settings.cluster_dim > 1 {
             palettize_vectors(&input.tensor, p, self.seed)?
         } else {
-            match input.mapped {
+            match input.mapped.map(|m| m.values) {
                 // fp16 read in place (see `reads_mapped`).
                 Some(x) => {
                     let t = &input.tensor;

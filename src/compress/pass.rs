@@ -25,7 +25,9 @@ use super::target::{output_target, refuse_compressed, upgrade};
 use crate::error::Error;
 use crate::mil::constexpr::Evaluator;
 use crate::mil::program::op_name;
-use crate::mil::value::{decode_value, mapped_f16, tensor_type_of, tensor_value_type, BlobFiles};
+use crate::mil::value::{
+    decode_value, mapped_f16, tensor_type_of, tensor_value_type, BlobFiles, MappedF16,
+};
 use crate::mil::{Data, FunctionIndex, Tensor};
 use crate::model::Target;
 use crate::package::{Package, WeightSink};
@@ -54,7 +56,7 @@ pub struct WeightData<'a> {
     pub tensor: Tensor,
     /// An fp16 const's values read in place from the mapped weight file,
     /// given only to a pass whose [`WeightPass::reads_mapped`] is true.
-    pub mapped: Option<&'a [f16]>,
+    pub mapped: Option<MappedF16<'a>>,
     /// The input's keep mask, for a weight that is already sparse.
     pub keep: Option<Vec<bool>>,
 }
@@ -271,9 +273,11 @@ impl<'p, P: WeightPass> WeightRewriter<'p, P> {
             .with_max_len(1)
             .map(|(i, source, s, _)| {
                 let r = load(index, i, source, blobs, pass.reads_mapped(&s)).and_then(|d| {
-                    let (mapped, r) = (d.mapped.is_some(), pass.compute(d, &s));
-                    if mapped {
-                        release_mapped(index, i, blobs);
+                    let (mapped, r) = (d.mapped, pass.compute(d, &s));
+                    // Done with the mapped pages (a streamed multi-GB model
+                    // keeps a small resident set).
+                    if let Some(m) = mapped {
+                        m.release();
                     }
                     r
                 });
@@ -339,7 +343,7 @@ fn load<'b>(
                             shape,
                             data: Data::F16(Vec::new()),
                         },
-                        mapped: Some(m.values),
+                        mapped: Some(m),
                         keep: None,
                     });
                 }
@@ -382,17 +386,6 @@ fn load<'b>(
                 mapped: None,
                 keep: Some(keep),
             })
-        }
-    }
-}
-
-/// Lets the mapped pages of const `i` go once its in-place values are
-/// used (a streamed multi-GB model keeps a small resident set).
-fn release_mapped(index: &FunctionIndex<'_>, i: usize, blobs: &BlobFiles) {
-    let op = index.ops[i].1;
-    if let Some(val) = op.attributes.get("val") {
-        if let Ok(Some(m)) = mapped_f16(val, blobs, "") {
-            m.release();
         }
     }
 }

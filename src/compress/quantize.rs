@@ -208,7 +208,7 @@ impl WeightPass for Quantize {
             symmetric: p.mode == QuantMode::LinearSymmetric,
         };
         // fp16 weights are read in place (widened 8 values at a time).
-        let (q, store) = match (&t.data, input.mapped) {
+        let (q, store) = match (&t.data, input.mapped.map(|m| m.values)) {
             (_, Some(v)) => (quantize_blocks_f16(v, &t.shape, &p.grid, spec), Store::F16),
             (Data::F16(v), None) => (quantize_blocks_f16(v, &t.shape, &p.grid, spec), Store::F16),
             (Data::F32(v), None) => (
