@@ -8,17 +8,16 @@
 //! losslessly (same protobuf, same weight bytes).
 
 use super::driver::{OpRewriter, Rewritten};
+use super::emit::data_value;
 use crate::error::Error;
 use crate::mil::constexpr::Evaluator;
 use crate::mil::program::{is_constexpr, Use};
-use crate::mil::value::{
-    blob_value, goes_to_blob, immediate_value, string_value, tensor_value_type,
-};
+use crate::mil::value::{string_value, tensor_value_type};
 use crate::mil::{BlobFiles, FunctionIndex, Tensor};
 use crate::package::{WeightSink, DEFAULT_WEIGHT_FILE};
 use crate::proto::mil::{self, NamedValueType, Operation};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The decompress pass.
 pub struct Decompress {
@@ -104,19 +103,15 @@ pub fn const_op(
     spec_version: i32,
     sink: &mut WeightSink<'_>,
 ) -> Result<Operation, Error> {
-    let val = if goes_to_blob(t.dtype, t.numel(), spec_version) {
-        let bd = t
-            .dtype
-            .blob_dtype()
-            .expect("goes_to_blob implies a blob dtype");
-        let bytes = t.to_storage_bytes().expect("blob dtypes encode");
-        let pad = crate::kernels::bits::padding_bits(t.numel(), t.dtype.bits());
-        let pad = if t.dtype.is_sub_byte() { pad } else { 0 };
-        let off = sink.append(file, bd, &bytes, pad)?;
-        blob_value(t.dtype, &t.shape, file, off)
-    } else {
-        immediate_value(t).map_err(|e| Error::mil(PathBuf::from(name), e))?
-    };
+    let val = data_value(
+        t.dtype,
+        &t.shape,
+        &t.data,
+        sink,
+        file,
+        spec_version,
+        Path::new(name),
+    )?;
     let mut attributes = BTreeMap::new();
     attributes.insert("name".to_string(), string_value(name));
     attributes.insert("val".to_string(), val);

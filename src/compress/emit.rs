@@ -20,21 +20,10 @@ use crate::proto::mil::{self, Argument, NamedValueType, Operation};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-/// `t` as a `Value`: appended to `file` through the sink when coremltools
-/// would store it in a weight file (spec version `spec`), else immediate.
-pub fn tensor_value(
-    t: &Tensor,
-    sink: &mut WeightSink<'_>,
-    file: &str,
-    spec: i32,
-    model_path: &Path,
-) -> Result<mil::Value, Error> {
-    data_value(t.dtype, &t.shape, &t.data, sink, file, spec, model_path)
-}
-
-/// [`tensor_value`] of borrowed parts: a blob-backed value is written from
-/// `data`'s own memory where its bytes are the storage bytes (no copy of a
-/// weight's codes).
+/// A tensor given by its parts as a `Value`: appended to `file` through
+/// the sink when coremltools would store it in a weight file (spec version
+/// `spec`), else immediate. A blob is written from `data`'s own memory
+/// where its bytes are the storage bytes (no copy of a weight's codes).
 pub fn data_value(
     dtype: DType,
     shape: &[usize],
@@ -127,7 +116,7 @@ pub struct Emitter<'s, 'a> {
 
 impl Emitter<'_, '_> {
     fn value(&mut self, t: &Tensor) -> Result<mil::Value, Error> {
-        tensor_value(t, self.sink, &self.file, self.spec, self.model_path)
+        self.data_value(t.dtype, &t.shape, &t.data)
     }
 
     /// [`Emitter::value`] of borrowed parts (no copy of `data`).
