@@ -20,6 +20,7 @@ use crate::kernels::palettize::{
     palettize_scaled, quantize_lut, row_scale, scale_of_max, Element, GroupError, GroupError2,
     Mode, ScaledGroup,
 };
+use crate::kernels::pcs::{palettize_scaled_dense, square_units, Block, DenseScaled};
 use crate::kernels::quantize::{QType, Spec};
 use crate::kernels::vkmeans::kmeans_vectors;
 use crate::mil::value::BlobFiles;
@@ -908,6 +909,11 @@ fn scaled_values_input<T: Element>(
     lut_spec: Option<Spec>,
 ) -> Result<Palettized<T>, String> {
     let (outer, chans, inner) = split_axis(shape, axis);
+    if keep.is_none() {
+        if let Some(x16) = T::as_f16(x) {
+            return scaled_dense_f16(x16, (outer, chans, inner), axis, shape, gs, nbits, lut_spec);
+        }
+    }
     let groups = chans / gs;
     let npos = outer * inner;
     let kept = |i: usize| keep.is_none_or(|k| k[i]);
@@ -1057,6 +1063,135 @@ fn scaled_values_input<T: Element>(
     })
 }
 
+/// [`scaled_values_input`] for a dense fp16 weight, in the weight's own
+/// layout ([`palettize_scaled_dense`]: no transposes, the histogram and
+/// the assignment parallel inside each group as well as across groups).
+#[allow(clippy::too_many_arguments)]
+fn scaled_dense_f16<T: Element>(
+    x: &[f16],
+    (outer, chans, inner): (usize, usize, usize),
+    axis: usize,
+    shape: &[usize],
+    gs: usize,
+    nbits: u32,
+    lut_spec: Option<Spec>,
+) -> Result<Palettized<T>, String> {
+    let groups = chans / gs;
+    let npos = outer * inner;
+    let k = 1usize << nbits;
+    let scales: Vec<f16> = position_scales(x, outer, chans, inner);
+    let units: Vec<u128> = scales.iter().map(|s| square_units(s.to_bits())).collect();
+    let block = |g: usize| Block {
+        outer,
+        chans,
+        inner,
+        c0: g * gs,
+        gs,
+    };
+    let run = |g: usize, o: &mut [u8]| {
+        palettize_scaled_dense(x, block(g), &scales, &units, nbits, lut_spec, o)
+    };
+    let mut dense = vec![0u8; x.len()];
+    let res: Vec<DenseScaled> = if outer == 1 {
+        // Each group's indices are one run of the output.
+        dense
+            .par_chunks_mut((gs * inner).max(1))
+            .enumerate()
+            .map(|(g, o)| run(g, o))
+            .collect::<Result<_, _>>()
+            .map_err(group_err)?
+    } else {
+        let per: Vec<(DenseScaled, Vec<u8>)> = (0..groups)
+            .into_par_iter()
+            .map(|g| {
+                let mut o = vec![0u8; outer * gs * inner];
+                run(g, &mut o).map(|d| (d, o))
+            })
+            .collect::<Result<_, _>>()
+            .map_err(group_err)?;
+        per.into_iter()
+            .enumerate()
+            .map(|(g, (d, o))| {
+                for (r, src) in o.chunks(inner.max(1)).enumerate() {
+                    let (oi, j) = (r / gs, r % gs);
+                    let start = (oi * chans + g * gs + j) * inner;
+                    dense[start..start + inner].copy_from_slice(src);
+                }
+                d
+            })
+            .collect()
+    };
+    let mut acc = GroupError2::default();
+    for d in &res {
+        acc.add(&d.error);
+    }
+    // Stored LUTs in row-major order of the grid: (outer, group, inner).
+    /// One group's parts in the weight's element type.
+    struct Parts<T> {
+        levels: Vec<T>,
+        lut: Vec<T>,
+        row_scale: Vec<T>,
+        codes: Option<crate::kernels::palettize::LutCodes>,
+    }
+    let res: Vec<Parts<T>> = res
+        .into_iter()
+        .map(|d| Parts {
+            levels: T::from_f16_vec(d.levels),
+            lut: T::from_f16_vec(d.lut),
+            row_scale: T::from_f16_vec(d.row_scale),
+            codes: d.codes,
+        })
+        .collect();
+    let nblocks = outer * groups * inner;
+    let mut lut = Vec::with_capacity(nblocks * k);
+    let mut st = StoredParts {
+        codes: lut_spec.map(|_| Vec::with_capacity(nblocks * k)),
+        values: Vec::new(),
+        scales: Vec::with_capacity(nblocks),
+        zero_points: Vec::with_capacity(nblocks),
+        scale_grid: None,
+    };
+    for oi in 0..outer {
+        for p in &res {
+            for q in oi * inner..(oi + 1) * inner {
+                lut.extend_from_slice(&p.levels[q * k..(q + 1) * k]);
+                match (&mut st.codes, &p.codes) {
+                    (Some(all), Some(c)) => {
+                        all.extend_from_slice(&c.codes);
+                        st.zero_points.push(c.params.zero_point);
+                    }
+                    _ => {
+                        st.values.extend_from_slice(&p.lut);
+                        st.zero_points.push(0);
+                    }
+                }
+                st.scales.push(p.row_scale[q]);
+            }
+        }
+    }
+    let mut grid = shape.to_vec();
+    grid[axis] = groups;
+    if st.codes.is_none() {
+        // Entries stored as values: the scale is the position's alone, one
+        // per position shared by every group (as coremltools stores it).
+        st.scales = T::from_f16_vec(scales);
+        st.zero_points.truncate(npos);
+        let mut g = shape.to_vec();
+        g[axis] = 1;
+        st.scale_grid = Some(g);
+    }
+    Ok(Palettized {
+        lut,
+        indices: dense,
+        nbits,
+        groups: nblocks,
+        group_size: gs,
+        error: acc,
+        stored: Some(st),
+        grid: Some(grid),
+    })
+}
+
 fn group_err(e: GroupError) -> String {
     match e {
         GroupError::NonFinite => "contains NaN or infinity".into(),
@@ -1071,10 +1206,12 @@ mod tests {
     use super::*;
     use half::f16;
 
-    /// The tiled transpose of a dense weight gives what the per-value
-    /// gather (the path pruned weights take, here with everything kept)
-    /// gives: same indices, LUTs, scales and error sums, with positions on
-    /// both sides of the channel axis and tiles that do not divide them.
+    /// The dense fp16 path (the weight's own layout, exact histogram sums)
+    /// gives what the per-position rows of the pruned path (here with
+    /// everything kept) give: same indices, LUTs and scales, and the same
+    /// error up to the order of the additions, with positions on both
+    /// sides of the channel axis and rows that are not a multiple of the
+    /// assignment's block.
     #[test]
     fn tiled_columns_equal_the_gather() {
         let shape = [3usize, 32, 70, 2];
@@ -1095,7 +1232,9 @@ mod tests {
             assert_eq!(a.indices, b.indices, "axis {axis} gs {gs}");
             assert_eq!(a.lut, b.lut);
             assert_eq!(a.grid, b.grid);
-            assert_eq!(a.error.sse.to_bits(), b.error.sse.to_bits());
+            let (ea, eb) = (a.error.sse, b.error.sse);
+            assert!((ea - eb).abs() <= 1e-12 * eb, "sse {ea} vs {eb}");
+            assert!(ea > 0.0);
             let (sa, sb) = (a.stored.expect("stored"), b.stored.expect("stored"));
             assert_eq!(sa.scales, sb.scales);
             assert_eq!(sa.values, sb.values);

@@ -4,6 +4,7 @@
 pub mod bits;
 pub mod kmeans;
 pub mod palettize;
+pub mod pcs;
 pub mod prune;
 pub mod quantize;
 pub mod vkmeans;

@@ -71,13 +71,13 @@ impl GroupError2 {
 
 /// The finite fp16 bit patterns other than -0, in ascending value order:
 /// negatives from the largest magnitude (0xfbff) down, then 0 and up.
-fn finite_f16_ascending() -> impl Iterator<Item = u16> {
+pub(crate) fn finite_f16_ascending() -> impl Iterator<Item = u16> {
     (0x8001..0xfc00u16).rev().chain(0..0x7c00u16)
 }
 
 /// Order-preserving key of a finite fp16 bit pattern (`-0` maps to `+0`).
 #[inline]
-fn key16(bits: u16) -> u16 {
+pub(crate) fn key16(bits: u16) -> u16 {
     let bits = if bits == 0x8000 { 0 } else { bits };
     if bits & 0x8000 != 0 {
         !bits
@@ -371,6 +371,14 @@ pub trait Element: Copy + Send + Sync + 'static {
         }
         m
     }
+    /// The values as fp16, when that is their type.
+    fn as_f16(_x: &[Self]) -> Option<&[f16]> {
+        None
+    }
+    /// fp16 values (exactly representable in this type) converted to it.
+    fn from_f16_vec(v: Vec<f16>) -> Vec<Self> {
+        v.into_iter().map(|x| Self::from_f64(x.to_f64())).collect()
+    }
     /// Whether every value is finite (`buf` is scratch for widening).
     fn all_finite(src: &[Self], buf: &mut Vec<f32>) -> bool {
         buf.resize(src.len(), 0f32);
@@ -401,6 +409,12 @@ impl Element for f16 {
         m.into_iter().map(|b| f16::from_bits(b).to_f32()).collect()
     }
 
+    fn as_f16(x: &[f16]) -> Option<&[f16]> {
+        Some(x)
+    }
+    fn from_f16_vec(v: Vec<f16>) -> Vec<f16> {
+        v
+    }
     /// On the bits: finite iff the exponent is not all ones (no widening).
     fn all_finite(src: &[f16], _buf: &mut Vec<f32>) -> bool {
         let bits: &[u16] = bytemuck::cast_slice(src);
@@ -527,7 +541,7 @@ fn assign_nearest_by_search<T: Element>(
 
 /// Up to this many distinct levels, fp16 values are assigned by one
 /// compare pass per threshold (below: a binary search per value).
-const THRESHOLD_PASSES_MAX: usize = 32;
+pub(crate) const THRESHOLD_PASSES_MAX: usize = 32;
 
 /// [`assign_nearest`] for fp16 values, same indices: the midpoint of two
 /// adjacent fp16 levels is exact in f64, and a value goes to the lower
@@ -636,14 +650,14 @@ fn assign_nearest_f16_body<T: Element>(
 
 /// Values per block of [`assign_nearest_f16`] (a multiple of
 /// [`ASSIGN_LANES`]).
-const ASSIGN_BLOCK: usize = 512;
+pub(crate) const ASSIGN_BLOCK: usize = 512;
 
 /// Partial sums per error sum in [`assign_nearest_f16`].
-const ASSIGN_LANES: usize = 8;
+pub(crate) const ASSIGN_LANES: usize = 8;
 
 /// The order key ([`key16`]) of the largest fp16 value (infinities
 /// included) that is at most `x`; `x` is not NaN.
-fn f16_key_at_most(x: f64) -> u16 {
+pub(crate) fn f16_key_at_most(x: f64) -> u16 {
     let mut k = key16(f16::from_f64(x).to_bits());
     // `from_f64` rounds to nearest (and is off by one ulp in some subnormal
     // cases): step to the exact answer. Keys 0x03ff and 0xfc00 are -inf and
@@ -850,7 +864,6 @@ pub fn palettize_scaled<T: Element>(
     nbits: u32,
     lut_spec: Option<Spec>,
 ) -> Result<ScaledGroup<T>, GroupError> {
-    let k = 1usize << nbits;
     let mut wide = Vec::new();
     if !rows.iter().all(|r| T::all_finite(r, &mut wide)) {
         return Err(GroupError::NonFinite);
@@ -860,48 +873,7 @@ pub fn palettize_scaled<T: Element>(
         None => rows.iter().map(|r| row_scale(r)).collect(),
     };
     let hist = scaled_histogram(rows, &scales);
-    let mut lut: Vec<T> = kmeans_1d(&hist, k)
-        .centroids
-        .iter()
-        .map(|&c| T::from_f64(c))
-        .collect();
-    lut.resize(k, T::ZERO);
-    let store = T::STORE;
-    // The stored entries d_j and each channel's stored scale r_o.
-    let (data, codes, row_scale): (Vec<f64>, Option<LutCodes>, Vec<T>) = match lut_spec {
-        None => (
-            lut.iter().map(|x| x.to_f64()).collect(),
-            None,
-            scales.clone(),
-        ),
-        Some(spec) => {
-            let (lo, hi) = spec.qtype.range(spec.symmetric);
-            let lf: Vec<f32> = lut.iter().map(|x| x.to_f64() as f32).collect();
-            let (mn, mx) = lf
-                .iter()
-                .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| {
-                    (a.min(x), b.max(x))
-                });
-            let p = params(mn, mx, spec, store);
-            let q: Vec<i32> = lf.iter().map(|&x| quantize(x, p, lo, hi, store)).collect();
-            lut = q
-                .iter()
-                .map(|&c| T::from_f32(dequantize(c, p, store)))
-                .collect();
-            let rs = scales
-                .iter()
-                .map(|s| T::from_f64(s.to_f64() * f64::from(p.scale)))
-                .collect();
-            (
-                q.iter().map(|&c| f64::from(c - p.zero_point)).collect(),
-                Some(LutCodes {
-                    codes: q,
-                    params: p,
-                }),
-                rs,
-            )
-        }
-    };
+    let (lut, codes, data, row_scale) = fit_scaled_lut(&hist, &scales, nbits, lut_spec);
     // Rows are independent (a tensor in one group can have thousands):
     // assigned in parallel, their error sums added in row order.
     let per_row: Vec<(Vec<T>, Vec<u8>, GroupError2)> = rows
@@ -933,6 +905,62 @@ pub fn palettize_scaled<T: Element>(
     })
 }
 
+/// The shared LUT of a per-channel-scale group from its weighted histogram
+/// of normalised values: the LUT (in the weight's dtype, or decoded from
+/// its codes), the codes, the stored entries `d_j` as f64 and each
+/// channel's (or position's) stored scale `r_o`.
+pub(crate) fn fit_scaled_lut<T: Element>(
+    hist: &Histogram,
+    scales: &[T],
+    nbits: u32,
+    lut_spec: Option<Spec>,
+) -> (Vec<T>, Option<LutCodes>, Vec<f64>, Vec<T>) {
+    let k = 1usize << nbits;
+    let mut lut: Vec<T> = kmeans_1d(hist, k)
+        .centroids
+        .iter()
+        .map(|&c| T::from_f64(c))
+        .collect();
+    lut.resize(k, T::ZERO);
+    let store = T::STORE;
+    // The stored entries d_j and each channel's stored scale r_o.
+    let (data, codes, row_scale): (Vec<f64>, Option<LutCodes>, Vec<T>) = match lut_spec {
+        None => (
+            lut.iter().map(|x| x.to_f64()).collect(),
+            None,
+            scales.to_vec(),
+        ),
+        Some(spec) => {
+            let (lo, hi) = spec.qtype.range(spec.symmetric);
+            let lf: Vec<f32> = lut.iter().map(|x| x.to_f64() as f32).collect();
+            let (mn, mx) = lf
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| {
+                    (a.min(x), b.max(x))
+                });
+            let p = params(mn, mx, spec, store);
+            let q: Vec<i32> = lf.iter().map(|&x| quantize(x, p, lo, hi, store)).collect();
+            lut = q
+                .iter()
+                .map(|&c| T::from_f32(dequantize(c, p, store)))
+                .collect();
+            let rs = scales
+                .iter()
+                .map(|s| T::from_f64(s.to_f64() * f64::from(p.scale)))
+                .collect();
+            (
+                q.iter().map(|&c| f64::from(c - p.zero_point)).collect(),
+                Some(LutCodes {
+                    codes: q,
+                    params: p,
+                }),
+                rs,
+            )
+        }
+    };
+    (lut, codes, data, row_scale)
+}
+
 /// The scale of values `r`: max |w| in the weight's dtype, 1 when all are
 /// zero (so that nothing is divided by 0).
 pub fn row_scale<T: Element>(r: &[T]) -> T {
@@ -958,7 +986,7 @@ pub fn scale_of_max<T: Element>(m: f32) -> T {
 }
 
 /// Index of the entry of sorted `lut` nearest to `x` (lower on ties).
-fn nearest(lut: &[f64], x: f64) -> usize {
+pub(crate) fn nearest(lut: &[f64], x: f64) -> usize {
     let p = lut.partition_point(|&c| c < x);
     if p == 0 {
         return 0;
