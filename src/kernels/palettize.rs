@@ -650,7 +650,7 @@ fn assign_nearest_f16_body<T: Element>(
 
 /// Values per block of [`assign_nearest_f16`] (a multiple of
 /// [`ASSIGN_LANES`]).
-pub(crate) const ASSIGN_BLOCK: usize = 512;
+const ASSIGN_BLOCK: usize = 512;
 
 /// Partial sums per error sum in [`assign_nearest_f16`].
 pub(crate) const ASSIGN_LANES: usize = 8;

@@ -21,7 +21,7 @@
 use super::kmeans::Histogram;
 use super::palettize::{
     f16_key_at_most, finite_f16_ascending, fit_scaled_lut, key16, nearest, GroupError, GroupError2,
-    LutCodes, ASSIGN_BLOCK, ASSIGN_LANES, THRESHOLD_PASSES_MAX,
+    LutCodes, ASSIGN_LANES, THRESHOLD_PASSES_MAX,
 };
 use super::quantize::Spec;
 use half::f16;
@@ -125,18 +125,7 @@ pub fn palettize_scaled_dense(
     let (lut, codes, data, row_scale) = fit_scaled_lut(&hist, scales, nbits, lut_spec);
     let k = 1usize << nbits;
     let tables = PositionTables::new(&row_scale, &data, k);
-    let errors: Vec<GroupError2> = out
-        .par_chunks_mut(inner.max(1))
-        .enumerate()
-        .map(|(r, o)| {
-            let (xs, q0) = b.row(x, r);
-            tables.assign_row(xs, q0, o)
-        })
-        .collect();
-    let mut error = GroupError2::default();
-    for e in &errors {
-        error.add(e);
-    }
+    let error = tables.assign(x, b, out);
     Ok(DenseScaled {
         lut,
         codes,
@@ -241,27 +230,34 @@ fn histogram(x: &[f16], b: Block, scales: &[f16], units: &[u128]) -> Histogram {
 }
 
 /// Each position's decoded LUT, and what assigning a value to its nearest
-/// entry needs: the distinct entries ascending, the lowest LUT index of
-/// each, and (for LUTs of at most [`THRESHOLD_PASSES_MAX`] distinct
-/// entries) the order-key thresholds between neighbours, one row per
-/// threshold so that a row of values compares with a row of thresholds.
+/// entry needs. For LUTs of at most [`THRESHOLD_PASSES_MAX`] distinct
+/// entries everything is held as rows over the positions (one row per
+/// rank), so that a row of values is compared with a row of thresholds and
+/// picks its entries from rows read in order: the order-key thresholds
+/// between neighbouring distinct entries, the distinct entries ascending
+/// (fp16 bits) and the lowest LUT index of each. Larger LUTs keep, per
+/// position, the sorted entries for a binary search.
 struct PositionTables {
     k: usize,
     npos: usize,
     /// `levels[q·k + j]`: entry `j` of position `q`'s decoded LUT.
     levels: Vec<f16>,
-    /// `sorted[q·k + r]`: the `r`-th smallest distinct entry (f64).
+    /// Search path: `sorted[q·k + r]`, the `r`-th smallest distinct entry,
+    /// `index[q·k + r]` the lowest LUT index holding it, `len[q]` how many.
     sorted: Vec<f64>,
-    /// Number of distinct entries per position.
-    len: Vec<u8>,
-    /// `index[q·k + r]`: the lowest LUT index holding `sorted[q·k + r]`.
     index: Vec<u8>,
-    /// Whether `index[q·k + r] == r` everywhere.
+    len: Vec<u8>,
+    /// Passes path: `thresholds[j·npos + q]` (values whose order key,
+    /// offset by 2¹⁵ into an `i16`, is larger rank above distinct entry
+    /// `j`; `i16::MAX` past the last one),
+    /// `entry_rows[r·npos + q]` the bits of distinct entry `r` (repeated
+    /// past the last one) and `index_rows[r·npos + q]` its LUT index.
+    thresholds: Vec<i16>,
+    entry_rows: Vec<u16>,
+    index_rows: Vec<u8>,
+    /// Whether a value's rank among the distinct entries is its LUT index
+    /// at every position (no duplicate entries, LUT ascending).
     identity: bool,
-    /// `thresholds[j·npos + q]`: values with a larger order key rank above
-    /// entry `j` (`u16::MAX` past the last entry); empty when the search
-    /// path is taken.
-    thresholds: Vec<u16>,
 }
 
 impl PositionTables {
@@ -272,14 +268,14 @@ impl PositionTables {
         let mut sorted = vec![0f64; npos * k];
         let mut len = vec![0u8; npos];
         let mut index = vec![0u8; npos * k];
-        let mut thr_t = vec![u16::MAX; if passes { npos * k } else { 0 }];
+        let mut thr = vec![u16::MAX; if passes { npos * k } else { 0 }];
         const CHUNK: usize = 1024;
         levels
             .par_chunks_mut(CHUNK * k)
             .zip(sorted.par_chunks_mut(CHUNK * k))
             .zip(len.par_chunks_mut(CHUNK))
             .zip(index.par_chunks_mut(CHUNK * k))
-            .zip(thr_t.par_chunks_mut(if passes { CHUNK * k } else { 1 }))
+            .zip(thr.par_chunks_mut(if passes { CHUNK * k } else { 1 }))
             .enumerate()
             .for_each(|(c, ((((lv, so), ln), ix), th))| {
                 let mut order: Vec<(f64, usize)> = Vec::with_capacity(k);
@@ -295,7 +291,9 @@ impl PositionTables {
                     order.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
                     order.dedup_by(|b, a| a.0 == b.0);
                     *l = order.len() as u8;
-                    for (r, &(v, j)) in order.iter().enumerate() {
+                    for r in 0..k {
+                        // Past the last distinct entry: the last one again.
+                        let (v, j) = order[r.min(order.len() - 1)];
                         so[i * k + r] = v;
                         ix[i * k + r] = j as u8;
                     }
@@ -306,153 +304,320 @@ impl PositionTables {
                     }
                 }
             });
-        // Transpose the thresholds to one row per threshold.
-        let mut thresholds = Vec::new();
-        if passes {
-            thresholds = vec![u16::MAX; (k - 1) * npos];
-            thresholds
-                .par_chunks_mut(npos.max(1))
-                .enumerate()
-                .for_each(|(j, row)| {
-                    for (q, t) in row.iter_mut().enumerate() {
-                        *t = thr_t[q * k + j];
-                    }
-                });
-        }
         let identity = (0..npos).all(|q| {
             index[q * k..q * k + usize::from(len[q])]
                 .iter()
                 .enumerate()
                 .all(|(r, &j)| usize::from(j) == r)
         });
+        let (mut thresholds, mut entry_rows, mut index_rows) = (Vec::new(), Vec::new(), Vec::new());
+        if passes {
+            // Transposed to one row per rank.
+            thresholds = rows_of(&thr, npos, k, k - 1, signed_key);
+            entry_rows = rows_of(&sorted, npos, k, k, |v| f16::from_f64(v).to_bits());
+            if !identity {
+                index_rows = rows_of(&index, npos, k, k, |j| j);
+            }
+            sorted = Vec::new();
+            index = Vec::new();
+        }
         Self {
             k,
             npos,
             levels,
             sorted,
-            len,
             index,
-            identity,
+            len,
             thresholds,
+            entry_rows,
+            index_rows,
+            identity,
         }
     }
 
-    /// Indices of one row of values (positions `q0..`) into `out`, and the
-    /// row's error sums.
-    fn assign_row(&self, xs: &[f16], q0: usize, out: &mut [u8]) -> GroupError2 {
+    /// Indices of every value of group `b` into `out` (row by row), and
+    /// the error sums. Tasks take [`ROWS_PER_TASK`] rows and walk them
+    /// tile by tile of [`TILE`] positions, so that a tile's tables stay in
+    /// L1 while its rows pass over them; the sums go into [`ASSIGN_LANES`]
+    /// lanes by position (`t % 8`) per task, tasks added in order, so they
+    /// do not depend on the thread count.
+    fn assign(&self, x: &[f16], b: Block, out: &mut [u8]) -> GroupError2 {
+        let inner = b.inner.max(1);
+        let per: Vec<GroupError2> = out
+            .par_chunks_mut(ROWS_PER_TASK * inner)
+            .enumerate()
+            .map(|(task, o)| {
+                let r0 = task * ROWS_PER_TASK;
+                let mut acc = Lanes::default();
+                for t0 in (0..b.inner).step_by(TILE) {
+                    let t1 = (t0 + TILE).min(b.inner);
+                    for (i, oi) in o.chunks_mut(inner).enumerate() {
+                        let (xs, q0) = b.row(x, r0 + i);
+                        let bits: &[u16] = bytemuck::cast_slice(&xs[t0..t1]);
+                        self.segment(bits, q0 + t0, &mut oi[t0..t1], &mut acc);
+                    }
+                }
+                acc.total()
+            })
+            .collect();
+        let mut error = GroupError2::default();
+        for e in &per {
+            error.add(e);
+        }
+        error
+    }
+
+    /// One segment of a row (at most [`TILE`] values at positions `q..`).
+    fn segment(&self, bits: &[u16], q: usize, out: &mut [u8], acc: &mut Lanes) {
         if self.thresholds.is_empty() {
-            return self.assign_row_search(xs, q0, out);
+            return self.segment_search(bits, q, out, acc);
         }
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2.
-            return unsafe { self.assign_row_avx2(xs, q0, out) };
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("f16c")
+        {
+            // SAFETY: the CPU has AVX2 and F16C.
+            return unsafe { self.segment_avx2(bits, q, out, acc) };
         }
-        self.assign_row_passes(xs, q0, out)
+        self.segment_passes(bits, q, out, acc, widen_portable, false)
     }
 
-    /// [`Self::assign_row_passes`] compiled for AVX2 (the same operations,
-    /// so the same results).
+    /// [`Self::segment_passes`] compiled for AVX2, widening with F16C
+    /// (exact conversions and the same operations, so the same results).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and F16C.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn segment_avx2(&self, bits: &[u16], q: usize, out: &mut [u8], acc: &mut Lanes) {
+        self.segment_passes(bits, q, out, acc, |b, o| unsafe { widen_f16c(b, o) }, true)
+    }
+
+    /// One compare pass per threshold row over 16 values at a time: a
+    /// value's rank is the number of its position's thresholds below its
+    /// order key, and its entry is taken from the entry row of each
+    /// threshold it passes.
+    #[inline(always)]
+    fn segment_passes(
+        &self,
+        bits: &[u16],
+        q: usize,
+        out: &mut [u8],
+        acc: &mut Lanes,
+        widen: impl Fn(&[u16], &mut [f32]),
+        avx2: bool,
+    ) {
+        const V: usize = 16;
+        let (k, np, n) = (self.k, self.npos, bits.len());
+        let mut rank = [0u8; TILE];
+        let mut entry = [0u16; TILE];
+        let nv = if avx2 { n / V * V } else { 0 };
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: `avx2` is only set when the CPU has AVX2 and F16C.
+            unsafe { self.passes_avx2(bits, q, nv, &mut rank, &mut entry) };
+        }
+        for c in nv..n {
+            let kk = signed_key(key16(bits[c]));
+            let (mut r, mut e) = (0u8, self.entry_rows[q + c]);
+            for j in 0..k - 1 {
+                let at = j * np + q + c;
+                if kk > self.thresholds[at] {
+                    r += 1;
+                    e = self.entry_rows[at + np];
+                }
+            }
+            rank[c] = r;
+            entry[c] = e;
+        }
+        if self.identity {
+            out.copy_from_slice(&rank[..n]);
+        } else {
+            for (t, (o, &r)) in out.iter_mut().zip(&rank[..n]).enumerate() {
+                *o = self.index_rows[usize::from(r) * np + q + t];
+            }
+        }
+        let mut wx = [0f32; TILE];
+        let mut we = [0f32; TILE];
+        widen(bits, &mut wx[..n]);
+        widen(&entry[..n], &mut we[..n]);
+        acc.add(&wx[..n], &we[..n]);
+    }
+
+    /// The compare passes for values `0..nv` (a multiple of 16) of a
+    /// segment, 16 at a time on 256-bit vectors: the same ranks and entries
+    /// as the scalar loop.
     ///
     /// # Safety
     /// The CPU must have AVX2.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn assign_row_avx2(&self, xs: &[f16], q0: usize, out: &mut [u8]) -> GroupError2 {
-        self.assign_row_passes(xs, q0, out)
-    }
-
-    /// One compare pass per threshold row, in blocks on the stack; error
-    /// sums in [`ASSIGN_LANES`] lanes (value `t` into lane `t % 8`).
-    #[inline(always)]
-    fn assign_row_passes(&self, xs: &[f16], q0: usize, out: &mut [u8]) -> GroupError2 {
-        let k = self.k;
-        let mut keys = [0u16; ASSIGN_BLOCK];
-        let mut rank = [0u8; ASSIGN_BLOCK];
-        let mut wide = [0f32; ASSIGN_BLOCK];
-        const L: usize = ASSIGN_LANES;
-        let (mut sig, mut sse, mut mx) = ([0f64; L], [0f64; L], [0f64; L]);
-        let bits: &[u16] = bytemuck::cast_slice(xs);
-        for (blk, (vals, o)) in bits
-            .chunks(ASSIGN_BLOCK)
-            .zip(out.chunks_mut(ASSIGN_BLOCK))
-            .enumerate()
-        {
-            let n = vals.len();
-            let q = q0 + blk * ASSIGN_BLOCK;
-            let (keys, rank, wide) = (&mut keys[..n], &mut rank[..n], &mut wide[..n]);
-            for (kk, &v) in keys.iter_mut().zip(vals) {
-                *kk = key16(v);
-            }
-            rank.fill(0);
-            for j in 0..k - 1 {
-                let th = &self.thresholds[j * self.npos + q..j * self.npos + q + n];
-                for ((r, &kk), &t) in rank.iter_mut().zip(keys.iter()).zip(th) {
-                    *r += u8::from(kk > t);
+    unsafe fn passes_avx2(
+        &self,
+        bits: &[u16],
+        q: usize,
+        nv: usize,
+        rank: &mut [u8; TILE],
+        entry: &mut [u16; TILE],
+    ) {
+        use std::arch::x86_64::*;
+        let (k, np) = (self.k, self.npos);
+        assert!(nv <= bits.len() && nv <= TILE);
+        assert!(q + nv <= np && self.thresholds.len() >= (k - 1) * np);
+        assert!(self.entry_rows.len() >= k * np);
+        let (th0, en0) = (self.thresholds.as_ptr(), self.entry_rows.as_ptr());
+        let mag = _mm256_set1_epi16(0x7fff);
+        let negzero = _mm256_set1_epi16(i16::MIN);
+        for c in (0..nv).step_by(16) {
+            // SAFETY: c + 16 <= nv, and every row read below has
+            // q + c + 16 <= npos entries (asserted above).
+            unsafe {
+                let v = _mm256_loadu_si256(bits.as_ptr().add(c).cast());
+                // signed_key(key16(v)): v for v >= 0, v ^ 0x7fff below, 0 for -0.
+                let neg = _mm256_srai_epi16::<15>(v);
+                let sk = _mm256_xor_si256(v, _mm256_and_si256(neg, mag));
+                let sk = _mm256_andnot_si256(_mm256_cmpeq_epi16(v, negzero), sk);
+                let mut r = _mm256_setzero_si256();
+                let mut e = _mm256_loadu_si256(en0.add(q + c).cast());
+                for j in 0..k - 1 {
+                    let at = j * np + q + c;
+                    let th = _mm256_loadu_si256(th0.add(at).cast());
+                    let nx = _mm256_loadu_si256(en0.add(at + np).cast());
+                    let above = _mm256_cmpgt_epi16(sk, th);
+                    r = _mm256_sub_epi16(r, above);
+                    e = _mm256_blendv_epi8(e, nx, above);
                 }
-            }
-            if self.identity {
-                o.copy_from_slice(rank);
-            } else {
-                for (t, (oo, &r)) in o.iter_mut().zip(rank.iter()).enumerate() {
-                    *oo = self.index[(q + t) * k + usize::from(r)];
-                }
-            }
-            xs[blk * ASSIGN_BLOCK..blk * ASSIGN_BLOCK + n].convert_to_f32_slice(wide);
-            // Blocks hold a multiple of L values but the last, so lane l of
-            // a block is lane l of the row.
-            let m = n / L * L;
-            let sorted = &self.sorted[q * k..];
-            for (c, (rs, ws)) in rank[..m]
-                .chunks_exact(L)
-                .zip(wide[..m].chunks_exact(L))
-                .enumerate()
-            {
-                for l in 0..L {
-                    let x = f64::from(ws[l]);
-                    let d = (x - sorted[(c * L + l) * k + usize::from(rs[l])]).abs();
-                    sig[l] += x * x;
-                    sse[l] += d * d;
-                    mx[l] = if d > mx[l] { d } else { mx[l] };
-                }
-            }
-            for (l, (&r, &x)) in rank[m..].iter().zip(&wide[m..]).enumerate() {
-                let x = f64::from(x);
-                let d = (x - sorted[(m + l) * k + usize::from(r)]).abs();
-                sig[l] += x * x;
-                sse[l] += d * d;
-                mx[l] = if d > mx[l] { d } else { mx[l] };
+                // Ranks are at most 31: pack to bytes, in order.
+                let packed = _mm256_permute4x64_epi64::<0b1000>(_mm256_packus_epi16(r, r));
+                _mm_storeu_si128(
+                    rank.as_mut_ptr().add(c).cast(),
+                    _mm256_castsi256_si128(packed),
+                );
+                _mm256_storeu_si256(entry.as_mut_ptr().add(c).cast(), e);
             }
         }
-        lanes_total(&sig, &sse, &mx)
     }
 
     /// A binary search per value among its position's distinct entries
     /// (LUTs of more than [`THRESHOLD_PASSES_MAX`] entries).
-    fn assign_row_search(&self, xs: &[f16], q0: usize, out: &mut [u8]) -> GroupError2 {
+    fn segment_search(&self, bits: &[u16], q: usize, out: &mut [u8], acc: &mut Lanes) {
         let k = self.k;
-        const L: usize = ASSIGN_LANES;
-        let (mut sig, mut sse, mut mx) = ([0f64; L], [0f64; L], [0f64; L]);
-        for (t, (o, v)) in out.iter_mut().zip(xs).enumerate() {
-            let q = q0 + t;
-            let sorted = &self.sorted[q * k..q * k + usize::from(self.len[q])];
-            let x = v.to_f64();
-            let r = nearest(sorted, x);
-            *o = self.index[q * k + r];
-            let d = (x - sorted[r]).abs();
-            let l = t % L;
-            sig[l] += x * x;
-            sse[l] += d * d;
-            mx[l] = if d > mx[l] { d } else { mx[l] };
+        let n = bits.len();
+        let mut wx = [0f32; TILE];
+        let mut we = [0f32; TILE];
+        widen_portable(bits, &mut wx[..n]);
+        for (t, (o, &x)) in out.iter_mut().zip(&wx[..n]).enumerate() {
+            let p = q + t;
+            let sorted = &self.sorted[p * k..p * k + usize::from(self.len[p])];
+            let r = nearest(sorted, f64::from(x));
+            *o = self.index[p * k + r];
+            // An fp16 value: exact in f32.
+            we[t] = sorted[r] as f32;
         }
-        lanes_total(&sig, &sse, &mx)
+        acc.add(&wx[..n], &we[..n]);
     }
 }
 
-fn lanes_total(sig: &[f64], sse: &[f64], mx: &[f64]) -> GroupError2 {
-    GroupError2 {
-        signal: sig.iter().sum(),
-        sse: sse.iter().sum(),
-        max_abs: mx.iter().fold(0f64, |a, &b| a.max(b)),
+/// Error sums in [`ASSIGN_LANES`] lanes: value `t` of a segment (segments
+/// start at multiples of the lane count) goes into lane `t % 8`.
+#[derive(Default)]
+struct Lanes {
+    sig: [f64; ASSIGN_LANES],
+    sse: [f64; ASSIGN_LANES],
+    mx: [f64; ASSIGN_LANES],
+}
+
+impl Lanes {
+    /// Adds values `x` decoded as `e` (both exact fp16 values).
+    #[inline(always)]
+    fn add(&mut self, x: &[f32], e: &[f32]) {
+        const L: usize = ASSIGN_LANES;
+        let m = x.len() / L * L;
+        for (xc, ec) in x[..m].chunks_exact(L).zip(e[..m].chunks_exact(L)) {
+            for l in 0..L {
+                self.one(l, xc[l], ec[l]);
+            }
+        }
+        for (l, (&xv, &ev)) in x[m..].iter().zip(&e[m..]).enumerate() {
+            self.one(l, xv, ev);
+        }
     }
+
+    #[inline(always)]
+    fn one(&mut self, l: usize, x: f32, e: f32) {
+        let x = f64::from(x);
+        let d = (x - f64::from(e)).abs();
+        self.sig[l] += x * x;
+        self.sse[l] += d * d;
+        self.mx[l] = if d > self.mx[l] { d } else { self.mx[l] };
+    }
+
+    fn total(&self) -> GroupError2 {
+        GroupError2 {
+            signal: self.sig.iter().sum(),
+            sse: self.sse.iter().sum(),
+            max_abs: self.mx.iter().fold(0f64, |a, &b| a.max(b)),
+        }
+    }
+}
+
+/// Positions per tile of [`PositionTables::assign`] (a multiple of
+/// [`ASSIGN_LANES`]): 2·2⁴ rows of 2-byte entries per position stay well
+/// inside L1.
+const TILE: usize = 512;
+
+/// Rows per parallel task of [`PositionTables::assign`].
+const ROWS_PER_TASK: usize = 32;
+
+/// An order key as an `i16` with the same order (so that compares are
+/// signed ones, which every SIMD set has).
+#[inline(always)]
+fn signed_key(k: u16) -> i16 {
+    (k ^ 0x8000) as i16
+}
+
+/// Rows `0..rows` of the per-position table `t` (`k` entries per position)
+/// as one row per entry: `out[r·npos + q] = f(t[q·k + r])`.
+fn rows_of<A: Copy + Sync, B: Copy + Default + Send>(
+    t: &[A],
+    npos: usize,
+    k: usize,
+    rows: usize,
+    f: impl Fn(A) -> B + Sync,
+) -> Vec<B> {
+    let mut out = vec![B::default(); rows * npos];
+    out.par_chunks_mut(npos.max(1))
+        .enumerate()
+        .for_each(|(r, row)| {
+            for (q, o) in row.iter_mut().enumerate() {
+                *o = f(t[q * k + r]);
+            }
+        });
+    out
+}
+
+/// Exact widening of fp16 bits.
+fn widen_portable(bits: &[u16], out: &mut [f32]) {
+    bytemuck::cast_slice::<u16, f16>(bits).convert_to_f32_slice(out);
+}
+
+/// [`widen_portable`] with F16C, eight at a time, inlined into its caller.
+///
+/// # Safety
+/// The CPU must have AVX2 and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+#[inline]
+unsafe fn widen_f16c(bits: &[u16], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n = bits.len().min(out.len());
+    let n8 = n / 8 * 8;
+    for i in (0..n8).step_by(8) {
+        // SAFETY: i + 8 <= n, within both slices.
+        unsafe {
+            let h = _mm_loadu_si128(bits.as_ptr().add(i).cast());
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+        }
+    }
+    widen_portable(&bits[n8..n], &mut out[n8..n]);
 }
