@@ -157,6 +157,43 @@ fn quotient_bits(x: &[f16], s: &[f16], out: &mut [u16]) {
     }
 }
 
+/// [`quotient_bits`], with F16C and AVX where the CPU has them.
+fn quotient_kernel() -> fn(&[f16], &[f16], &mut [u16]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("f16c") {
+        return |x, s, out| {
+            // SAFETY: the CPU has AVX2 and F16C.
+            unsafe { quotient_bits_f16c(x, s, out) }
+        };
+    }
+    quotient_bits
+}
+
+/// [`quotient_bits`] eight values at a time: widen (exact), divide in f32,
+/// narrow with round-to-nearest-even, as the portable path does.
+///
+/// # Safety
+/// The CPU must have AVX2 and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn quotient_bits_f16c(x: &[f16], s: &[f16], out: &mut [u16]) {
+    use std::arch::x86_64::*;
+    let n = x.len().min(s.len()).min(out.len());
+    let n8 = n / 8 * 8;
+    let negzero = _mm_set1_epi16(i16::MIN);
+    for i in (0..n8).step_by(8) {
+        // SAFETY: i + 8 <= n, within all three slices.
+        unsafe {
+            let a = _mm256_cvtph_ps(_mm_loadu_si128(x.as_ptr().add(i).cast()));
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(s.as_ptr().add(i).cast()));
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_div_ps(a, d));
+            let h = _mm_andnot_si128(_mm_cmpeq_epi16(h, negzero), h);
+            _mm_storeu_si128(out.as_mut_ptr().add(i).cast(), h);
+        }
+    }
+    quotient_bits(&x[n8..n], &s[n8..n], &mut out[n8..n]);
+}
+
 /// The histogram of `u = w / s_q` with weights `s_q²` over the group,
 /// values ascending, weights summed exactly.
 fn histogram(x: &[f16], b: Block, scales: &[f16], units: &[u128]) -> Histogram {
@@ -166,22 +203,50 @@ fn histogram(x: &[f16], b: Block, scales: &[f16], units: &[u128]) -> Histogram {
         hist.values.push(f16::from_bits(bits).to_f64());
         hist.counts.push(sum as f64 * UNIT);
     };
+    let quotients = quotient_kernel();
     if rows * inner >= TABLE_MIN {
-        // Row ranges in parallel, one table each, added up.
+        // Row ranges in parallel, one table each, added up. Weights below
+        // 2⁶⁴ (scales below 256) go into a u64 table whose rare carries are
+        // counted apart: one 8-byte add per value instead of two.
+        let narrow = units.iter().all(|&w| w >> 64 == 0);
         let parts = rayon::current_num_threads().clamp(1, rows);
         let table = (0..parts)
             .into_par_iter()
             .map(|p| {
-                let mut t = vec![0u128; 1 << 16];
+                let mut lo = vec![0u64; 1 << 16];
+                let mut carry = vec![0u64; 1 << 16];
+                let mut wide = Vec::new();
+                if !narrow {
+                    wide = vec![0u128; 1 << 16];
+                }
                 let mut u = vec![0u16; inner];
                 for r in p * rows / parts..(p + 1) * rows / parts {
                     let (xs, q0) = b.row(x, r);
-                    quotient_bits(xs, &scales[q0..q0 + inner], &mut u);
-                    for (&bits, &w) in u.iter().zip(&units[q0..q0 + inner]) {
-                        t[usize::from(bits)] += w;
+                    quotients(xs, &scales[q0..q0 + inner], &mut u);
+                    let ws = &units[q0..q0 + inner];
+                    if narrow {
+                        for (&bits, &w) in u.iter().zip(ws) {
+                            let i = usize::from(bits);
+                            let (v, c) = lo[i].overflowing_add(w as u64);
+                            lo[i] = v;
+                            if c {
+                                carry[i] += 1;
+                            }
+                        }
+                    } else {
+                        for (&bits, &w) in u.iter().zip(ws) {
+                            wide[usize::from(bits)] += w;
+                        }
                     }
                 }
-                t
+                if narrow {
+                    wide = lo
+                        .iter()
+                        .zip(&carry)
+                        .map(|(&l, &c)| u128::from(c) << 64 | u128::from(l))
+                        .collect();
+                }
+                wide
             })
             .reduce_with(|mut a, c| {
                 for (x, y) in a.iter_mut().zip(&c) {
@@ -202,7 +267,7 @@ fn histogram(x: &[f16], b: Block, scales: &[f16], units: &[u128]) -> Histogram {
     let mut u = vec![0u16; inner];
     for r in 0..rows {
         let (xs, q0) = b.row(x, r);
-        quotient_bits(xs, &scales[q0..q0 + inner], &mut u);
+        quotients(xs, &scales[q0..q0 + inner], &mut u);
         pairs.extend(
             u.iter()
                 .zip(&units[q0..q0 + inner])
@@ -348,16 +413,16 @@ impl PositionTables {
             .enumerate()
             .map(|(task, o)| {
                 let r0 = task * ROWS_PER_TASK;
-                let mut acc = Lanes::default();
+                let mut w = Box::new(Work::default());
                 for t0 in (0..b.inner).step_by(TILE) {
                     let t1 = (t0 + TILE).min(b.inner);
                     for (i, oi) in o.chunks_mut(inner).enumerate() {
                         let (xs, q0) = b.row(x, r0 + i);
                         let bits: &[u16] = bytemuck::cast_slice(&xs[t0..t1]);
-                        self.segment(bits, q0 + t0, &mut oi[t0..t1], &mut acc);
+                        self.segment(bits, q0 + t0, &mut oi[t0..t1], &mut w);
                     }
                 }
-                acc.total()
+                w.lanes.total()
             })
             .collect();
         let mut error = GroupError2::default();
@@ -368,18 +433,18 @@ impl PositionTables {
     }
 
     /// One segment of a row (at most [`TILE`] values at positions `q..`).
-    fn segment(&self, bits: &[u16], q: usize, out: &mut [u8], acc: &mut Lanes) {
+    fn segment(&self, bits: &[u16], q: usize, out: &mut [u8], w: &mut Work) {
         if self.thresholds.is_empty() {
-            return self.segment_search(bits, q, out, acc);
+            return self.segment_search(bits, q, out, w);
         }
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2")
             && std::arch::is_x86_feature_detected!("f16c")
         {
             // SAFETY: the CPU has AVX2 and F16C.
-            return unsafe { self.segment_avx2(bits, q, out, acc) };
+            return unsafe { self.segment_avx2(bits, q, out, w) };
         }
-        self.segment_passes(bits, q, out, acc, widen_portable, false)
+        self.segment_passes(bits, q, out, w, widen_portable, false)
     }
 
     /// [`Self::segment_passes`] compiled for AVX2, widening with F16C
@@ -389,8 +454,8 @@ impl PositionTables {
     /// The CPU must have AVX2 and F16C.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,f16c")]
-    unsafe fn segment_avx2(&self, bits: &[u16], q: usize, out: &mut [u8], acc: &mut Lanes) {
-        self.segment_passes(bits, q, out, acc, |b, o| unsafe { widen_f16c(b, o) }, true)
+    unsafe fn segment_avx2(&self, bits: &[u16], q: usize, out: &mut [u8], w: &mut Work) {
+        self.segment_passes(bits, q, out, w, |b, o| unsafe { widen_f16c(b, o) }, true)
     }
 
     /// One compare pass per threshold row over 16 values at a time: a
@@ -403,19 +468,24 @@ impl PositionTables {
         bits: &[u16],
         q: usize,
         out: &mut [u8],
-        acc: &mut Lanes,
+        w: &mut Work,
         widen: impl Fn(&[u16], &mut [f32]),
         avx2: bool,
     ) {
         const V: usize = 16;
         let (k, np, n) = (self.k, self.npos, bits.len());
-        let mut rank = [0u8; TILE];
-        let mut entry = [0u16; TILE];
+        let Work {
+            rank,
+            entry,
+            wx,
+            we,
+            lanes,
+        } = w;
         let nv = if avx2 { n / V * V } else { 0 };
         #[cfg(target_arch = "x86_64")]
         if avx2 {
             // SAFETY: `avx2` is only set when the CPU has AVX2 and F16C.
-            unsafe { self.passes_avx2(bits, q, nv, &mut rank, &mut entry) };
+            unsafe { self.passes_avx2(bits, q, nv, rank, entry) };
         }
         for c in nv..n {
             let kk = signed_key(key16(bits[c]));
@@ -437,11 +507,9 @@ impl PositionTables {
                 *o = self.index_rows[usize::from(r) * np + q + t];
             }
         }
-        let mut wx = [0f32; TILE];
-        let mut we = [0f32; TILE];
         widen(bits, &mut wx[..n]);
         widen(&entry[..n], &mut we[..n]);
-        acc.add(&wx[..n], &we[..n]);
+        lanes.add(&wx[..n], &we[..n]);
     }
 
     /// The compare passes for values `0..nv` (a multiple of 16) of a
@@ -500,11 +568,10 @@ impl PositionTables {
 
     /// A binary search per value among its position's distinct entries
     /// (LUTs of more than [`THRESHOLD_PASSES_MAX`] entries).
-    fn segment_search(&self, bits: &[u16], q: usize, out: &mut [u8], acc: &mut Lanes) {
+    fn segment_search(&self, bits: &[u16], q: usize, out: &mut [u8], w: &mut Work) {
         let k = self.k;
         let n = bits.len();
-        let mut wx = [0f32; TILE];
-        let mut we = [0f32; TILE];
+        let Work { wx, we, lanes, .. } = w;
         widen_portable(bits, &mut wx[..n]);
         for (t, (o, &x)) in out.iter_mut().zip(&wx[..n]).enumerate() {
             let p = q + t;
@@ -514,7 +581,29 @@ impl PositionTables {
             // An fp16 value: exact in f32.
             we[t] = sorted[r] as f32;
         }
-        acc.add(&wx[..n], &we[..n]);
+        lanes.add(&wx[..n], &we[..n]);
+    }
+}
+
+/// One assignment task's buffers (a segment's ranks, entries and widened
+/// values, reused segment after segment) and its error sums.
+struct Work {
+    rank: [u8; TILE],
+    entry: [u16; TILE],
+    wx: [f32; TILE],
+    we: [f32; TILE],
+    lanes: Lanes,
+}
+
+impl Default for Work {
+    fn default() -> Self {
+        Self {
+            rank: [0; TILE],
+            entry: [0; TILE],
+            wx: [0.0; TILE],
+            we: [0.0; TILE],
+            lanes: Lanes::default(),
+        }
     }
 }
 
