@@ -1214,27 +1214,45 @@ mod tests {
     /// assignment's block.
     #[test]
     fn tiled_columns_equal_the_gather() {
-        let shape = [3usize, 32, 70, 2];
-        let n: usize = shape.iter().product();
         let mut s = 0x2545_f491_4f6c_dd1du64;
-        let x: Vec<f16> = (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                f16::from_f64(((s >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 0.1)
-            })
-            .collect();
-        let all = vec![true; n];
-        for (axis, gs) in [(1usize, 16usize), (1, 32), (0, 3)] {
-            let a = scaled_values_input(&x, &shape, axis, None, gs, 4, None).expect("dense");
-            let b = scaled_values_input(&x, &shape, axis, Some(&all), gs, 4, None).expect("kept");
-            assert_eq!(a.indices, b.indices, "axis {axis} gs {gs}");
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 11) as f64 / (1u64 << 53) as f64
+        };
+        // (shape, axis, group size, distinct values: 0 = continuous). The
+        // second shape has rows longer than one assignment tile; the third
+        // has three distinct values (the LUT is padded: duplicate entries).
+        let cases: [(&[usize], usize, usize, usize); 5] = [
+            (&[3, 32, 70, 2], 1, 16, 0),
+            (&[3, 32, 70, 2], 1, 32, 0),
+            (&[3, 32, 70, 2], 0, 3, 0),
+            (&[40, 20, 33], 0, 8, 0),
+            (&[16, 40, 3], 0, 16, 3),
+        ];
+        for (shape, axis, gs, distinct) in cases {
+            let n: usize = shape.iter().product();
+            let x: Vec<f16> = (0..n)
+                .map(|_| {
+                    let u = next() - 0.5;
+                    let u = if distinct > 0 {
+                        (u * distinct as f64).round() / distinct as f64
+                    } else {
+                        u
+                    };
+                    f16::from_f64(u * 0.1)
+                })
+                .collect();
+            let all = vec![true; n];
+            let a = scaled_values_input(&x, shape, axis, None, gs, 4, None).expect("dense");
+            let b = scaled_values_input(&x, shape, axis, Some(&all), gs, 4, None).expect("kept");
+            assert_eq!(a.indices, b.indices, "{shape:?} axis {axis} gs {gs}");
             assert_eq!(a.lut, b.lut);
             assert_eq!(a.grid, b.grid);
             let (ea, eb) = (a.error.sse, b.error.sse);
             assert!((ea - eb).abs() <= 1e-12 * eb, "sse {ea} vs {eb}");
-            assert!(ea > 0.0);
+            assert_eq!(a.error.max_abs, b.error.max_abs);
             let (sa, sb) = (a.stored.expect("stored"), b.stored.expect("stored"));
             assert_eq!(sa.scales, sb.scales);
             assert_eq!(sa.values, sb.values);

@@ -197,6 +197,11 @@ unsafe fn quotient_bits_f16c(x: &[f16], s: &[f16], out: &mut [u16]) {
 /// The histogram of `u = w / s_q` with weights `s_q²` over the group,
 /// values ascending, weights summed exactly.
 fn histogram(x: &[f16], b: Block, scales: &[f16], units: &[u128]) -> Histogram {
+    histogram_by(x, b, scales, units, b.rows() * b.inner >= TABLE_MIN)
+}
+
+/// [`histogram`] with the path chosen: counting tables or sorted pairs.
+fn histogram_by(x: &[f16], b: Block, scales: &[f16], units: &[u128], table: bool) -> Histogram {
     let (rows, inner) = (b.rows(), b.inner);
     let mut hist = Histogram::default();
     let mut push = |bits: u16, sum: u128| {
@@ -204,7 +209,7 @@ fn histogram(x: &[f16], b: Block, scales: &[f16], units: &[u128]) -> Histogram {
         hist.counts.push(sum as f64 * UNIT);
     };
     let quotients = quotient_kernel();
-    if rows * inner >= TABLE_MIN {
+    if table {
         // Row ranges in parallel, one table each, added up. Weights below
         // 2⁶⁴ (scales below 256) go into a u64 table whose rare carries are
         // counted apart: one 8-byte add per value instead of two.
@@ -534,17 +539,11 @@ impl PositionTables {
         assert!(q + nv <= np && self.thresholds.len() >= (k - 1) * np);
         assert!(self.entry_rows.len() >= k * np);
         let (th0, en0) = (self.thresholds.as_ptr(), self.entry_rows.as_ptr());
-        let mag = _mm256_set1_epi16(0x7fff);
-        let negzero = _mm256_set1_epi16(i16::MIN);
         for c in (0..nv).step_by(16) {
             // SAFETY: c + 16 <= nv, and every row read below has
             // q + c + 16 <= npos entries (asserted above).
             unsafe {
-                let v = _mm256_loadu_si256(bits.as_ptr().add(c).cast());
-                // signed_key(key16(v)): v for v >= 0, v ^ 0x7fff below, 0 for -0.
-                let neg = _mm256_srai_epi16::<15>(v);
-                let sk = _mm256_xor_si256(v, _mm256_and_si256(neg, mag));
-                let sk = _mm256_andnot_si256(_mm256_cmpeq_epi16(v, negzero), sk);
+                let sk = signed_keys_avx2(_mm256_loadu_si256(bits.as_ptr().add(c).cast()));
                 let mut r = _mm256_setzero_si256();
                 let mut e = _mm256_loadu_si256(en0.add(q + c).cast());
                 for j in 0..k - 1 {
@@ -650,6 +649,21 @@ impl Lanes {
     }
 }
 
+/// [`signed_key`]`(`[`key16`]`(v))` of 16 fp16 patterns: `v` for positive
+/// values, `v ^ 0x7fff` for negative ones, 0 for −0.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn signed_keys_avx2(v: std::arch::x86_64::__m256i) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    let neg = _mm256_srai_epi16::<15>(v);
+    let sk = _mm256_xor_si256(v, _mm256_and_si256(neg, _mm256_set1_epi16(0x7fff)));
+    _mm256_andnot_si256(_mm256_cmpeq_epi16(v, _mm256_set1_epi16(i16::MIN)), sk)
+}
+
 /// Positions per tile of [`PositionTables::assign`] (a multiple of
 /// [`ASSIGN_LANES`]): 2·2⁴ rows of 2-byte entries per position stay well
 /// inside L1.
@@ -709,4 +723,173 @@ unsafe fn widen_f16c(bits: &[u16], out: &mut [f32]) {
         }
     }
     widen_portable(&bits[n8..n], &mut out[n8..n]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rng(seed: u64) -> impl FnMut() -> f64 {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
+    /// The vector key transform is the scalar one on every fp16 pattern.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn simd_keys_equal_scalar_keys() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let all: Vec<u16> = (0..=u16::MAX).collect();
+        for c in all.chunks(16) {
+            let mut out = [0i16; 16];
+            // SAFETY: the CPU has AVX2; both buffers hold 16 values.
+            unsafe {
+                use std::arch::x86_64::*;
+                let v = _mm256_loadu_si256(c.as_ptr().cast());
+                _mm256_storeu_si256(out.as_mut_ptr().cast(), signed_keys_avx2(v));
+            }
+            for (&b, &o) in c.iter().zip(&out) {
+                assert_eq!(o, signed_key(key16(b)), "{b:#x}");
+            }
+        }
+    }
+
+    /// Every positive finite fp16 scale: the integer is s² · 2⁴⁸ exactly
+    /// (s² of an fp16 value is exact in f64).
+    #[test]
+    fn square_units_are_exact() {
+        for bits in 1..0x7c00u16 {
+            let s = f16::from_bits(bits).to_f64();
+            let w = square_units(bits);
+            assert!(w >> 80 == 0);
+            assert_eq!(w as f64 * UNIT, s * s, "{bits:#x}");
+        }
+    }
+
+    /// The F16C quotients are the portable ones, bit for bit (every fp16
+    /// pattern divided by scales across the range, −0 folded, NaN and
+    /// infinities included).
+    #[test]
+    fn f16c_quotients_equal_portable() {
+        let xs: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
+        for sb in [0x0001u16, 0x0400, 0x2e66, 0x3c00, 0x3c01, 0x5640, 0x7bff] {
+            let s = vec![f16::from_bits(sb); xs.len()];
+            let (mut a, mut b) = (vec![0u16; xs.len()], vec![0u16; xs.len()]);
+            quotient_bits(&xs, &s, &mut a);
+            quotient_kernel()(&xs, &s, &mut b);
+            assert_eq!(a, b, "scale {sb:#x}");
+            assert!(!a.contains(&0x8000));
+        }
+    }
+
+    fn weight(outer: usize, chans: usize, inner: usize, seed: u64) -> Vec<f16> {
+        let mut r = rng(seed);
+        (0..outer * chans * inner)
+            .map(|t| {
+                let g = r() - 0.5 + (r() - 0.5) * 0.5;
+                let big = if r() < 0.002 { 20.0 } else { 1.0 };
+                f16::from_f64(0.04 * g * big * (1.0 + (t % inner % 7) as f64 / 7.0))
+            })
+            .collect()
+    }
+
+    fn scales_of(x: &[f16], outer: usize, chans: usize, inner: usize) -> Vec<f16> {
+        let mut s = vec![f16::ZERO; outer * inner];
+        for oi in 0..outer {
+            for ii in 0..inner {
+                let m = (0..chans)
+                    .map(|c| x[(oi * chans + c) * inner + ii].to_f64().abs())
+                    .fold(0.0, f64::max);
+                s[oi * inner + ii] = if m == 0.0 { f16::ONE } else { f16::from_f64(m) };
+            }
+        }
+        s
+    }
+
+    /// The counting tables (u64 with carries, and u128 when a weight needs
+    /// it) and the sorted pairs give the same histogram, bit for bit.
+    #[test]
+    fn histogram_paths_agree() {
+        let (outer, chans, inner) = (2usize, 24usize, 1500usize);
+        let x = weight(outer, chans, inner, 7);
+        for big in [false, true] {
+            let mut scales = scales_of(&x, outer, chans, inner);
+            if big {
+                // A scale of 300 needs a u128 weight.
+                scales[5] = f16::from_f64(300.0);
+            }
+            let units: Vec<u128> = scales.iter().map(|s| square_units(s.to_bits())).collect();
+            assert_eq!(units.iter().any(|&w| w >> 64 != 0), big);
+            let b = Block {
+                outer,
+                chans,
+                inner,
+                c0: 8,
+                gs: 16,
+            };
+            let table = histogram_by(&x, b, &scales, &units, true);
+            let sorted = histogram_by(&x, b, &scales, &units, false);
+            assert_eq!(table, sorted);
+            assert!(table.len() > 1000);
+        }
+    }
+
+    /// The AVX2 passes give the portable loop's indices, entries and error
+    /// sums, on segments of every length up to a tile past a multiple of
+    /// 16, with duplicate entries (non-identity indices) and without.
+    #[test]
+    fn segment_kernels_agree() {
+        let mut r = rng(3);
+        let npos = 700;
+        let row_scale: Vec<f16> = (0..npos).map(|_| f16::from_f64(0.01 + r() * 0.2)).collect();
+        for data in [
+            (0..16).map(|j| -1.0 + j as f64 / 7.5).collect::<Vec<f64>>(),
+            // Unsorted, with duplicates (a padded LUT).
+            vec![
+                0.5, -0.25, 0.125, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+            ],
+        ] {
+            let t = PositionTables::new(&row_scale, &data, 16);
+            let bits: Vec<u16> = (0..npos)
+                .map(|_| {
+                    f16::from_f64((r() - 0.5) * 0.3).to_bits() | if r() < 0.01 { 0x8000 } else { 0 }
+                })
+                .collect();
+            for (q, n) in [
+                (0usize, 512usize),
+                (3, 17),
+                (100, 31),
+                (650, 50),
+                (40, 16),
+                (0, 1),
+            ] {
+                let (mut oa, mut ob) = (vec![0u8; n], vec![0u8; n]);
+                let (mut wa, mut wb) = (Box::new(Work::default()), Box::new(Work::default()));
+                t.segment(&bits[q..q + n], q, &mut oa, &mut wa);
+                t.segment_passes(&bits[q..q + n], q, &mut ob, &mut wb, widen_portable, false);
+                assert_eq!(oa, ob, "q {q} n {n}");
+                let (ea, eb) = (wa.lanes.total(), wb.lanes.total());
+                assert_eq!(ea.sse.to_bits(), eb.sse.to_bits());
+                assert_eq!(ea.signal.to_bits(), eb.signal.to_bits());
+                // Each index is the nearest decoded entry of its position.
+                for (i, &o) in oa.iter().enumerate() {
+                    let p = q + i;
+                    let xv = f16::from_bits(bits[p]).to_f64();
+                    let lv = &t.levels[p * 16..(p + 1) * 16];
+                    let best = lv
+                        .iter()
+                        .map(|l| (xv - l.to_f64()).abs())
+                        .fold(f64::INFINITY, f64::min);
+                    assert_eq!((xv - lv[usize::from(o)].to_f64()).abs(), best);
+                }
+            }
+        }
+    }
 }
