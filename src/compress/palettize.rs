@@ -1221,22 +1221,27 @@ mod tests {
             s ^= s << 17;
             (s >> 11) as f64 / (1u64 << 53) as f64
         };
-        // (shape, axis, group size, distinct values: 0 = continuous). The
-        // second shape has rows longer than one assignment tile; the third
-        // has three distinct values (the LUT is padded: duplicate entries).
-        let cases: [(&[usize], usize, usize, usize); 5] = [
+        // (shape, axis, group size, distinct values: 0 = continuous, 2 =
+        // ±0.05). The fourth has rows longer than one assignment tile; the
+        // last two have LUTs padded with zeros: duplicate entries, and with
+        // ±0.05 alone the zero padding sorts between them (indices are not
+        // ranks).
+        let cases: [(&[usize], usize, usize, usize); 6] = [
             (&[3, 32, 70, 2], 1, 16, 0),
             (&[3, 32, 70, 2], 1, 32, 0),
             (&[3, 32, 70, 2], 0, 3, 0),
             (&[40, 20, 33], 0, 8, 0),
             (&[16, 40, 3], 0, 16, 3),
+            (&[16, 40, 3], 0, 8, 2),
         ];
         for (shape, axis, gs, distinct) in cases {
             let n: usize = shape.iter().product();
             let x: Vec<f16> = (0..n)
                 .map(|_| {
                     let u = next() - 0.5;
-                    let u = if distinct > 0 {
+                    let u = if distinct == 2 {
+                        0.5 * u.signum()
+                    } else if distinct > 0 {
                         (u * distinct as f64).round() / distinct as f64
                     } else {
                         u
