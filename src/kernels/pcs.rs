@@ -211,57 +211,69 @@ fn histogram_by(x: &[f16], b: Block, scales: &[f16], units: &[u128], table: bool
     let quotients = quotient_kernel();
     if table {
         // Row ranges in parallel, one table each, added up. Weights below
-        // 2⁶⁴ (scales below 256) go into a u64 table whose rare carries are
-        // counted apart: one 8-byte add per value instead of two.
+        // 2⁶⁴ (scales below 256) go into u64 tables whose rare carries are
+        // listed apart: one 8-byte add per value instead of two, and half
+        // the table.
         let narrow = units.iter().all(|&w| w >> 64 == 0);
         let parts = rayon::current_num_threads().clamp(1, rows);
-        let table = (0..parts)
-            .into_par_iter()
-            .map(|p| {
-                let mut lo = vec![0u64; 1 << 16];
-                let mut carry = vec![0u64; 1 << 16];
-                let mut wide = Vec::new();
-                if !narrow {
-                    wide = vec![0u128; 1 << 16];
-                }
-                let mut u = vec![0u16; inner];
-                for r in p * rows / parts..(p + 1) * rows / parts {
-                    let (xs, q0) = b.row(x, r);
-                    quotients(xs, &scales[q0..q0 + inner], &mut u);
-                    let ws = &units[q0..q0 + inner];
-                    if narrow {
-                        for (&bits, &w) in u.iter().zip(ws) {
+        let range = |p: usize| p * rows / parts..(p + 1) * rows / parts;
+        let mut sums: Vec<u128>;
+        if narrow {
+            let tables: Vec<(Vec<u64>, Vec<u16>)> = (0..parts)
+                .into_par_iter()
+                .map(|p| {
+                    let mut lo = vec![0u64; 1 << 16];
+                    let mut carries = Vec::new();
+                    let mut u = vec![0u16; inner];
+                    for r in range(p) {
+                        let (xs, q0) = b.row(x, r);
+                        quotients(xs, &scales[q0..q0 + inner], &mut u);
+                        for (&bits, &w) in u.iter().zip(&units[q0..q0 + inner]) {
                             let i = usize::from(bits);
                             let (v, c) = lo[i].overflowing_add(w as u64);
                             lo[i] = v;
                             if c {
-                                carry[i] += 1;
+                                carries.push(bits);
                             }
                         }
-                    } else {
-                        for (&bits, &w) in u.iter().zip(ws) {
-                            wide[usize::from(bits)] += w;
+                    }
+                    (lo, carries)
+                })
+                .collect();
+            sums = vec![0u128; 1 << 16];
+            for (lo, carries) in &tables {
+                for (s, &l) in sums.iter_mut().zip(lo) {
+                    *s += u128::from(l);
+                }
+                for &c in carries {
+                    sums[usize::from(c)] += 1u128 << 64;
+                }
+            }
+        } else {
+            sums = (0..parts)
+                .into_par_iter()
+                .map(|p| {
+                    let mut t = vec![0u128; 1 << 16];
+                    let mut u = vec![0u16; inner];
+                    for r in range(p) {
+                        let (xs, q0) = b.row(x, r);
+                        quotients(xs, &scales[q0..q0 + inner], &mut u);
+                        for (&bits, &w) in u.iter().zip(&units[q0..q0 + inner]) {
+                            t[usize::from(bits)] += w;
                         }
                     }
-                }
-                if narrow {
-                    wide = lo
-                        .iter()
-                        .zip(&carry)
-                        .map(|(&l, &c)| u128::from(c) << 64 | u128::from(l))
-                        .collect();
-                }
-                wide
-            })
-            .reduce_with(|mut a, c| {
-                for (x, y) in a.iter_mut().zip(&c) {
-                    *x += y;
-                }
-                a
-            })
-            .unwrap_or_else(|| vec![0u128; 1 << 16]);
+                    t
+                })
+                .reduce_with(|mut a, c| {
+                    for (x, y) in a.iter_mut().zip(&c) {
+                        *x += y;
+                    }
+                    a
+                })
+                .unwrap_or_else(|| vec![0u128; 1 << 16]);
+        }
         for bits in finite_f16_ascending() {
-            let w = table[usize::from(bits)];
+            let w = sums[usize::from(bits)];
             if w != 0 {
                 push(bits, w);
             }
