@@ -873,6 +873,14 @@ fn scaled_values<T: Element>(
 /// of a dense `[outer, chans, inner]` weight, read row by row (max |w| in
 /// f32 is exact, as in `row_scale`).
 fn position_scales<T: Element>(x: &[T], outer: usize, chans: usize, inner: usize) -> Vec<T> {
+    position_maxima(x, outer, chans, inner)
+        .into_iter()
+        .map(scale_of_max)
+        .collect()
+}
+
+/// max |w| at every position (NaN where a NaN is among the values).
+fn position_maxima<T: Element>(x: &[T], outer: usize, chans: usize, inner: usize) -> Vec<f32> {
     // Tiles of positions in parallel (a linear or conv weight has one
     // outer index: its positions are the only parallelism); each reads
     // every channel's contiguous run of the tile.
@@ -887,7 +895,7 @@ fn position_scales<T: Element>(x: &[T], outer: usize, chans: usize, inner: usize
             T::abs_max_runs(&x[start..], chans, inner, len)
         })
         .collect();
-    per_tile.into_iter().flatten().map(scale_of_max).collect()
+    per_tile.into_iter().flatten().collect()
 }
 
 /// Positions per tile when [`scaled_values_input`] transposes a weight.
@@ -1079,7 +1087,11 @@ fn scaled_dense_f16<T: Element>(
     let groups = chans / gs;
     let npos = outer * inner;
     let k = 1usize << nbits;
-    let scales: Vec<f16> = position_scales(x, outer, chans, inner);
+    let maxima = position_maxima(x, outer, chans, inner);
+    if maxima.iter().any(|m| !m.is_finite()) {
+        return Err(group_err(GroupError::NonFinite));
+    }
+    let scales: Vec<f16> = maxima.into_iter().map(scale_of_max).collect();
     let units: Vec<u128> = scales.iter().map(|s| square_units(s.to_bits())).collect();
     let block = |g: usize| Block {
         outer,
@@ -1205,6 +1217,29 @@ fn group_err(e: GroupError) -> String {
 mod tests {
     use super::*;
     use half::f16;
+
+    /// A NaN or an infinity anywhere in a dense fp16 weight is refused by
+    /// the per-channel-scale path (its position scale is then not finite),
+    /// at every group size, as the per-position path refuses it.
+    #[test]
+    fn dense_scaled_path_refuses_non_finite() {
+        let shape = [32usize, 20, 3];
+        let n: usize = shape.iter().product();
+        for bad in [f16::NAN, f16::INFINITY, f16::NEG_INFINITY] {
+            for at in [0, 7, n - 1] {
+                let mut x: Vec<f16> = (0..n)
+                    .map(|i| f16::from_f64(((i * 37 % 101) as f64 - 50.0) * 1e-3))
+                    .collect();
+                x[at] = bad;
+                for gs in [32, 16] {
+                    let e = scaled_values_input(&x, &shape, 0, None, gs, 4, None)
+                        .err()
+                        .expect("refused");
+                    assert!(e.contains("NaN or infinity"), "{e}");
+                }
+            }
+        }
+    }
 
     /// The dense fp16 path (the weight's own layout, exact histogram sums)
     /// gives what the per-position rows of the pruned path (here with

@@ -93,7 +93,8 @@ pub struct DenseScaled {
 const TABLE_MIN: usize = 1 << 16;
 
 /// Palettizes group `b` of the dense fp16 weight `x` with the position
-/// scales `scales` (and their [`square_units`] `units`), writing one index
+/// scales `scales` (max |w| over all channels at each position, so every
+/// value is finite when they are; and their [`square_units`] `units`), writing one index
 /// per value into `out` (row by row of the group: outer index, then
 /// channel, then position). The same result as
 /// [`super::palettize::palettize_scaled`] on the transposed rows, except
@@ -114,11 +115,9 @@ pub fn palettize_scaled_dense(
     let npos = b.outer * inner;
     debug_assert_eq!(out.len(), rows * inner);
     debug_assert!(scales.len() == npos && units.len() == npos);
-    let finite = (0..rows).into_par_iter().all(|r| {
-        let bits: &[u16] = bytemuck::cast_slice(b.row(x, r).0);
-        bits.iter().fold(0u16, |m, &v| m.max(v & 0x7fff)) < 0x7c00
-    });
-    if !finite {
+    // The scales are the maxima of |w| over the channels, so a NaN or an
+    // infinity anywhere in the weight makes its position's scale one.
+    if scales.iter().any(|s| !s.is_finite()) {
         return Err(GroupError::NonFinite);
     }
     let hist = histogram(x, b, scales, units);
