@@ -1009,7 +1009,80 @@ fn scaled_values_input<T: Element>(
             }
         }
     }
-    // Stored LUTs in row-major order of the grid: (outer, group, inner).
+    let indices = match keep {
+        None => dense,
+        Some(k) => dense
+            .into_iter()
+            .zip(k)
+            .filter(|(_, &k)| k)
+            .map(|(v, _)| v)
+            .collect(),
+    };
+    let parts = res
+        .into_iter()
+        .map(|sg| ScaledParts {
+            levels: sg.levels.concat(),
+            lut: sg.lut,
+            row_scale: sg.row_scale,
+            codes: sg.codes,
+        })
+        .collect();
+    let geometry = ScaledGeometry {
+        outer,
+        groups,
+        inner,
+        gs,
+        nbits,
+        axis,
+    };
+    Ok(assemble_scaled(
+        parts, scales, geometry, shape, lut_spec, indices, acc,
+    ))
+}
+
+/// Where the groups of a per-channel-scale weight lie (coremltools'
+/// layout): `groups` LUT groups of `gs` channels along `axis`, between
+/// `outer` and `inner` positions.
+struct ScaledGeometry {
+    outer: usize,
+    groups: usize,
+    inner: usize,
+    gs: usize,
+    nbits: u32,
+    axis: usize,
+}
+
+/// One LUT group's result in the weight's element type: per position `q`
+/// its decoded LUT `levels[q·2^nbits..][..2^nbits]` and stored scale, and
+/// the shared LUT (or its codes).
+struct ScaledParts<T> {
+    levels: Vec<T>,
+    lut: Vec<T>,
+    row_scale: Vec<T>,
+    codes: Option<crate::kernels::palettize::LutCodes>,
+}
+
+/// The stored form of a per-channel-scale weight from its groups' parts:
+/// one LUT per (outer, group, position) block in row-major order of the
+/// grid, with its scale and zero point; entries stored as values share
+/// the position scales `scales` across groups (as coremltools stores them).
+fn assemble_scaled<T: Element>(
+    parts: Vec<ScaledParts<T>>,
+    scales: Vec<T>,
+    geo: ScaledGeometry,
+    shape: &[usize],
+    lut_spec: Option<Spec>,
+    indices: Vec<u8>,
+    error: GroupError2,
+) -> Palettized<T> {
+    let ScaledGeometry {
+        outer,
+        groups,
+        inner,
+        gs,
+        nbits,
+        axis,
+    } = geo;
     let k = 1usize << nbits;
     let nblocks = outer * groups * inner;
     let mut lut = Vec::with_capacity(nblocks * k);
@@ -1021,54 +1094,44 @@ fn scaled_values_input<T: Element>(
         scale_grid: None,
     };
     for oi in 0..outer {
-        for sg in &res {
-            for ii in 0..inner {
-                let q = oi * inner + ii;
-                lut.extend_from_slice(&sg.levels[q]);
-                match (&mut st.codes, &sg.codes) {
+        for p in &parts {
+            for q in oi * inner..(oi + 1) * inner {
+                lut.extend_from_slice(&p.levels[q * k..(q + 1) * k]);
+                match (&mut st.codes, &p.codes) {
                     (Some(all), Some(c)) => {
                         all.extend_from_slice(&c.codes);
                         st.zero_points.push(c.params.zero_point);
                     }
                     _ => {
-                        st.values.extend_from_slice(&sg.lut);
+                        st.values.extend_from_slice(&p.lut);
                         st.zero_points.push(0);
                     }
                 }
-                st.scales.push(sg.row_scale[q]);
+                st.scales.push(p.row_scale[q]);
             }
         }
     }
-    let indices = match keep {
-        None => dense,
-        Some(k) => dense
-            .into_iter()
-            .zip(k)
-            .filter(|(_, &k)| k)
-            .map(|(v, _)| v)
-            .collect(),
-    };
     let mut grid = shape.to_vec();
     grid[axis] = groups;
     if st.codes.is_none() {
         // Entries stored as values: the scale is the position's alone, one
         // per position shared by every group (as coremltools stores it).
         st.scales = scales;
-        st.zero_points.truncate(npos);
+        st.zero_points.truncate(outer * inner);
         let mut g = shape.to_vec();
         g[axis] = 1;
         st.scale_grid = Some(g);
     }
-    Ok(Palettized {
+    Palettized {
         lut,
         indices,
         nbits,
         groups: nblocks,
         group_size: gs,
-        error: acc,
+        error,
         stored: Some(st),
         grid: Some(grid),
-    })
+    }
 }
 
 /// [`scaled_values_input`] for a dense fp16 weight, in the weight's own
@@ -1085,8 +1148,6 @@ fn scaled_dense_f16<T: Element>(
     lut_spec: Option<Spec>,
 ) -> Result<Palettized<T>, String> {
     let groups = chans / gs;
-    let npos = outer * inner;
-    let k = 1usize << nbits;
     let maxima = position_maxima(x, outer, chans, inner);
     if maxima.iter().any(|m| !m.is_finite()) {
         return Err(group_err(GroupError::NonFinite));
@@ -1137,71 +1198,32 @@ fn scaled_dense_f16<T: Element>(
     for d in &res {
         acc.add(&d.error);
     }
-    // Stored LUTs in row-major order of the grid: (outer, group, inner).
-    /// One group's parts in the weight's element type.
-    struct Parts<T> {
-        levels: Vec<T>,
-        lut: Vec<T>,
-        row_scale: Vec<T>,
-        codes: Option<crate::kernels::palettize::LutCodes>,
-    }
-    let res: Vec<Parts<T>> = res
+    let parts = res
         .into_iter()
-        .map(|d| Parts {
+        .map(|d| ScaledParts {
             levels: T::from_f16_vec(d.levels),
             lut: T::from_f16_vec(d.lut),
             row_scale: T::from_f16_vec(d.row_scale),
             codes: d.codes,
         })
         .collect();
-    let nblocks = outer * groups * inner;
-    let mut lut = Vec::with_capacity(nblocks * k);
-    let mut st = StoredParts {
-        codes: lut_spec.map(|_| Vec::with_capacity(nblocks * k)),
-        values: Vec::new(),
-        scales: Vec::with_capacity(nblocks),
-        zero_points: Vec::with_capacity(nblocks),
-        scale_grid: None,
-    };
-    for oi in 0..outer {
-        for p in &res {
-            for q in oi * inner..(oi + 1) * inner {
-                lut.extend_from_slice(&p.levels[q * k..(q + 1) * k]);
-                match (&mut st.codes, &p.codes) {
-                    (Some(all), Some(c)) => {
-                        all.extend_from_slice(&c.codes);
-                        st.zero_points.push(c.params.zero_point);
-                    }
-                    _ => {
-                        st.values.extend_from_slice(&p.lut);
-                        st.zero_points.push(0);
-                    }
-                }
-                st.scales.push(p.row_scale[q]);
-            }
-        }
-    }
-    let mut grid = shape.to_vec();
-    grid[axis] = groups;
-    if st.codes.is_none() {
-        // Entries stored as values: the scale is the position's alone, one
-        // per position shared by every group (as coremltools stores it).
-        st.scales = T::from_f16_vec(scales);
-        st.zero_points.truncate(npos);
-        let mut g = shape.to_vec();
-        g[axis] = 1;
-        st.scale_grid = Some(g);
-    }
-    Ok(Palettized {
-        lut,
-        indices: dense,
+    let geometry = ScaledGeometry {
+        outer,
+        groups,
+        inner,
+        gs,
         nbits,
-        groups: nblocks,
-        group_size: gs,
-        error: acc,
-        stored: Some(st),
-        grid: Some(grid),
-    })
+        axis,
+    };
+    Ok(assemble_scaled(
+        parts,
+        T::from_f16_vec(scales),
+        geometry,
+        shape,
+        lut_spec,
+        dense,
+        acc,
+    ))
 }
 
 fn group_err(e: GroupError) -> String {
