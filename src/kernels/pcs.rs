@@ -156,6 +156,29 @@ fn quotient_bits(x: &[f16], s: &[f16], out: &mut [u16]) {
     }
 }
 
+/// Calls `f(bits of u, weight)` for every value of `rows` of group `b`,
+/// `u = w / s_q` ([`quotient_bits`]) weighted by its position's
+/// [`square_units`].
+fn for_each_quotient(
+    x: &[f16],
+    b: Block,
+    scales: &[f16],
+    units: &[u128],
+    rows: std::ops::Range<usize>,
+    mut f: impl FnMut(u16, u128),
+) {
+    let quotients = quotient_kernel();
+    let inner = b.inner;
+    let mut u = vec![0u16; inner];
+    for r in rows {
+        let (xs, q0) = b.row(x, r);
+        quotients(xs, &scales[q0..q0 + inner], &mut u);
+        for (&bits, &w) in u.iter().zip(&units[q0..q0 + inner]) {
+            f(bits, w);
+        }
+    }
+}
+
 /// [`quotient_bits`], with F16C and AVX where the CPU has them.
 fn quotient_kernel() -> fn(&[f16], &[f16], &mut [u16]) {
     #[cfg(target_arch = "x86_64")]
@@ -207,7 +230,6 @@ fn histogram_by(x: &[f16], b: Block, scales: &[f16], units: &[u128], table: bool
         hist.values.push(f16::from_bits(bits).to_f64());
         hist.counts.push(sum as f64 * UNIT);
     };
-    let quotients = quotient_kernel();
     if table {
         // Row ranges in parallel, one table each, added up. Weights below
         // 2⁶⁴ (scales below 256) go into u64 tables whose rare carries are
@@ -223,19 +245,14 @@ fn histogram_by(x: &[f16], b: Block, scales: &[f16], units: &[u128], table: bool
                 .map(|p| {
                     let mut lo = vec![0u64; 1 << 16];
                     let mut carries = Vec::new();
-                    let mut u = vec![0u16; inner];
-                    for r in range(p) {
-                        let (xs, q0) = b.row(x, r);
-                        quotients(xs, &scales[q0..q0 + inner], &mut u);
-                        for (&bits, &w) in u.iter().zip(&units[q0..q0 + inner]) {
-                            let i = usize::from(bits);
-                            let (v, c) = lo[i].overflowing_add(w as u64);
-                            lo[i] = v;
-                            if c {
-                                carries.push(bits);
-                            }
+                    for_each_quotient(x, b, scales, units, range(p), |bits, w| {
+                        let i = usize::from(bits);
+                        let (v, c) = lo[i].overflowing_add(w as u64);
+                        lo[i] = v;
+                        if c {
+                            carries.push(bits);
                         }
-                    }
+                    });
                     (lo, carries)
                 })
                 .collect();
@@ -253,14 +270,9 @@ fn histogram_by(x: &[f16], b: Block, scales: &[f16], units: &[u128], table: bool
                 .into_par_iter()
                 .map(|p| {
                     let mut t = vec![0u128; 1 << 16];
-                    let mut u = vec![0u16; inner];
-                    for r in range(p) {
-                        let (xs, q0) = b.row(x, r);
-                        quotients(xs, &scales[q0..q0 + inner], &mut u);
-                        for (&bits, &w) in u.iter().zip(&units[q0..q0 + inner]) {
-                            t[usize::from(bits)] += w;
-                        }
-                    }
+                    for_each_quotient(x, b, scales, units, range(p), |bits, w| {
+                        t[usize::from(bits)] += w;
+                    });
                     t
                 })
                 .reduce_with(|mut a, c| {
@@ -280,16 +292,9 @@ fn histogram_by(x: &[f16], b: Block, scales: &[f16], units: &[u128], table: bool
         return hist;
     }
     let mut pairs: Vec<(u16, u128)> = Vec::with_capacity(rows * inner);
-    let mut u = vec![0u16; inner];
-    for r in 0..rows {
-        let (xs, q0) = b.row(x, r);
-        quotients(xs, &scales[q0..q0 + inner], &mut u);
-        pairs.extend(
-            u.iter()
-                .zip(&units[q0..q0 + inner])
-                .map(|(&v, &w)| (key16(v), w)),
-        );
-    }
+    for_each_quotient(x, b, scales, units, 0..rows, |bits, w| {
+        pairs.push((key16(bits), w));
+    });
     pairs.sort_unstable_by_key(|p| p.0);
     let mut i = 0;
     while i < pairs.len() {
