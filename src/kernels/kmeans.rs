@@ -514,7 +514,7 @@ impl Layer<'_> {
 /// non-decreasing in value, so past a row above the bound `u` all are:
 /// those are skipped.
 macro_rules! layer_solver {
-    ($(#[$attr:meta])* $vis:vis unsafe fn $name:ident => $split:ident) => {
+    ($(#[$attr:meta])* $vis:vis unsafe fn $name:ident => $split:ident, $pair:ident) => {
         $(#[$attr])*
         $vis unsafe fn $name(l: &Layer, cur: &mut [f64], arg: &mut [u32]) -> usize {
             if l.lo > l.hi {
@@ -525,14 +525,42 @@ macro_rules! layer_solver {
             // First position whose row is above the bound (n + 1: none yet).
             let mut dead = n + 1;
             loop {
-                let mut r = s;
-                while r <= n && r < dead {
+                // Row and split range at position `r` of this stride.
+                let bounds = |arg: &[u32], r: usize, dead: usize| {
                     let row = l.lo + r - 1;
                     let left = if r > s { arg[row - s] as usize } else { l.opt_lo };
                     let rp = (r + s).min(dead);
                     let right = if rp <= n { arg[l.lo + rp - 1] as usize } else { l.opt_hi };
                     let end = right.min(row - 1);
-                    let start = left.max(l.prev_arg[row] as usize).min(end);
+                    (row, left.max(l.prev_arg[row] as usize).min(end), end)
+                };
+                let mut r = s;
+                while r <= n && r < dead {
+                    let (row, start, end) = bounds(arg, r, dead);
+                    let r2 = r + 2 * s;
+                    if r2 <= n && r2 < dead {
+                        // Two independent rows of the stride at once (the
+                        // second one only counts if the first is within
+                        // the bound, as it would have been solved then).
+                        let (row2, start2, end2) = bounds(arg, r2, dead);
+                        // SAFETY: the caller guarantees the kernel's target features.
+                        let ((best, best_l), (best2, best_l2)) =
+                            unsafe { $pair(l.p, l.prev, [(row, start, end), (row2, start2, end2)]) };
+                        cur[row] = best;
+                        arg[row] = best_l as u32;
+                        if best > l.u {
+                            dead = r;
+                            break;
+                        }
+                        cur[row2] = best2;
+                        arg[row2] = best_l2 as u32;
+                        if best2 > l.u {
+                            dead = r2;
+                            break;
+                        }
+                        r += 4 * s;
+                        continue;
+                    }
                     // SAFETY: the caller guarantees the kernel's target features.
                     let (best, best_l) = unsafe { $split(l.p, l.prev, row, start, end) };
                     cur[row] = best;
@@ -557,7 +585,7 @@ layer_solver!(
     ///
     /// # Safety
     /// None (`unsafe` only to share the macro with the SIMD form).
-    unsafe fn solve_layer_portable => best_split_unsafe
+    unsafe fn solve_layer_portable => best_split_unsafe, best_split_pair_portable
 );
 
 /// [`best_split`] behind the calling convention the macro uses.
@@ -575,6 +603,43 @@ unsafe fn best_split_unsafe(
     best_split(p, prev, i, a, b)
 }
 
+/// Two rows `(i, a, b)` with the portable kernel.
+///
+/// # Safety
+/// None.
+#[inline(always)]
+unsafe fn best_split_pair_portable(
+    p: &Prefix,
+    prev: &[f64],
+    rows: [(usize, usize, usize); 2],
+) -> ((f64, usize), (f64, usize)) {
+    let [(i, a, b), (i2, a2, b2)] = rows;
+    (
+        best_split(p, prev, i, a, b),
+        best_split(p, prev, i2, a2, b2),
+    )
+}
+
+/// Two rows `(i, a, b)` with the AVX2 kernel, back to back in one
+/// function so their independent dependency chains overlap.
+///
+/// # Safety
+/// As [`best_split_avx2`], for both rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn best_split_pair_avx2(
+    p: &Prefix,
+    prev: &[f64],
+    rows: [(usize, usize, usize); 2],
+) -> ((f64, usize), (f64, usize)) {
+    let [(i, a, b), (i2, a2, b2)] = rows;
+    (
+        best_split_avx2(p, prev, i, a, b),
+        best_split_avx2(p, prev, i2, a2, b2),
+    )
+}
+
 #[cfg(target_arch = "x86_64")]
 layer_solver!(
     /// The layer loop with the AVX2 split kernel.
@@ -582,7 +647,7 @@ layer_solver!(
     /// # Safety
     /// The CPU must support AVX2.
     #[target_feature(enable = "avx2")]
-    unsafe fn solve_layer_avx2 => best_split_avx2
+    unsafe fn solve_layer_avx2 => best_split_avx2, best_split_pair_avx2
 );
 
 /// The leftmost `l` in `a..=b` minimising `prev[l] + cost(l, i)`.
@@ -658,9 +723,35 @@ unsafe fn best_split_avx2(p: &Prefix, prev: &[f64], i: usize, a: usize, b: usize
         _mm256_set1_pd(p.q[i]),
     );
     let inf = _mm256_set1_pd(f64::INFINITY);
+    if n <= 4 {
+        // One vector (most rows at the fine strides): the candidates'
+        // offsets are the lanes, so the leftmost minimum is the lowest set
+        // bit of a compare mask, without a second cross-lane reduction.
+        let d = _mm256_sub_pd(si, _mm256_loadu_pd(ss));
+        let cost = _mm256_sub_pd(
+            _mm256_sub_pd(qi, _mm256_loadu_pd(qs)),
+            _mm256_div_pd(_mm256_mul_pd(d, d), _mm256_sub_pd(wi, _mm256_loadu_pd(ws))),
+        );
+        let v = _mm256_add_pd(_mm256_loadu_pd(ps), cost);
+        let lanes = _mm256_setr_pd(0.0, 1.0, 2.0, 3.0);
+        let v = _mm256_blendv_pd(
+            inf,
+            v,
+            _mm256_cmp_pd::<_CMP_LT_OQ>(lanes, _mm256_set1_pd(n as i32 as f64)),
+        );
+        // As the loop below: only values below +inf count (NaN never does).
+        let best = _mm256_blendv_pd(inf, v, _mm256_cmp_pd::<_CMP_LT_OQ>(v, inf));
+        let m1 = _mm256_min_pd(best, _mm256_permute_pd::<0b0101>(best));
+        let mn = _mm256_min_pd(m1, _mm256_permute2f128_pd::<1>(m1, m1));
+        let bv = _mm256_cvtsd_f64(mn);
+        // All +inf: every lane matches and the offset is 0, as below.
+        let at = _mm256_movemask_pd(_mm256_cmp_pd::<_CMP_EQ_OQ>(best, mn)) as u32;
+        return (bv, a + at.trailing_zeros() as usize);
+    }
     let none = _mm256_set1_pd(f64::MAX);
     let four = _mm256_set1_pd(4.0);
-    let count = _mm256_set1_pd(n as f64);
+    // Through i32: one conversion instruction (rows are far below 2^31).
+    let count = _mm256_set1_pd(n as i32 as f64);
     let mut best = inf;
     // Candidate offsets as exact small integers in f64 lanes; MAX = none.
     let mut best_t = none;
@@ -691,7 +782,14 @@ unsafe fn best_split_avx2(p: &Prefix, prev: &[f64], i: usize, a: usize, b: usize
     let t1 = _mm256_min_pd(at, _mm256_permute_pd::<0b0101>(at));
     let tn = _mm256_min_pd(t1, _mm256_permute2f128_pd::<1>(t1, t1));
     let (bv, bt) = (_mm256_cvtsd_f64(mn), _mm256_cvtsd_f64(tn));
-    (bv, a + if bt == f64::MAX { 0 } else { bt as usize })
+    (
+        bv,
+        a + if bt == f64::MAX {
+            0
+        } else {
+            bt as i32 as usize
+        },
+    )
 }
 
 /// Weighted squared error of assigning every value to its nearest centre.
@@ -964,7 +1062,8 @@ mod tests {
         /// is `prev[l]`, here small integers full of exact ties.
         #[test]
         fn split_kernels_take_the_leftmost_minimum(
-            prev in prop::collection::vec(0u8..4, 1..40),
+            // 4 stands for +inf: pruned candidates, and rows with nothing else.
+            prev in prop::collection::vec(0u8..5, 1..40),
             a in 0usize..40,
             len in 1usize..40,
         ) {
@@ -977,7 +1076,10 @@ mod tests {
                 s: vec![0.0; m + PAD],
                 q: vec![0.0; m + PAD],
             };
-            let mut pv: Vec<f64> = prev.iter().map(|&x| f64::from(x)).collect();
+            let mut pv: Vec<f64> = prev
+                .iter()
+                .map(|&x| if x == 4 { f64::INFINITY } else { f64::from(x) })
+                .collect();
             pv.resize(m + PAD, f64::INFINITY);
             let want = (a..=b).fold((f64::INFINITY, a), |(bv, bl), l| {
                 if pv[l] < bv { (pv[l], l) } else { (bv, bl) }
