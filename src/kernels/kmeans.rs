@@ -311,7 +311,19 @@ struct Half {
     arg: Vec<u32>,
 }
 
-fn half(p: &Prefix, m: usize, k: usize, layers: usize, u: f64, kernel: Kernel) -> Option<Half> {
+/// `meet`: the other half's last layer, already solved, so this half's
+/// last layer can skip rows that cannot be the meeting row (those keep an
+/// infinite value).
+#[allow(clippy::too_many_arguments)]
+fn half(
+    p: &Prefix,
+    m: usize,
+    k: usize,
+    layers: usize,
+    u: f64,
+    kernel: Kernel,
+    meet: Option<&[f64]>,
+) -> Option<Half> {
     let mut prev = vec![f64::INFINITY; m + 1 + PAD];
     prev[0] = 0.0;
     // Admissible rows of the current layer are 1..=hi.
@@ -345,6 +357,8 @@ fn half(p: &Prefix, m: usize, k: usize, layers: usize, u: f64, kernel: Kernel) -
             hi: m - (k - j),
             opt_lo: j - 1,
             opt_hi: hi,
+            meet: if j == layers { meet } else { None },
+            margin: k as f64 * 1e-13 * p.q[m].abs(),
         };
         let dead = layer.solve(kernel, &mut cur, &mut rest[..stride]);
         cur_rows = j..m - (k - j) + 1;
@@ -371,8 +385,10 @@ fn meet_in_the_middle(
     let rp = Prefix::mirrored(h);
     let a = k / 2;
     let b = k - a;
-    let fw = half(p, m, k, a, u, kernel)?;
-    let bw = half(&rp, m, k, b, u, kernel)?;
+    // The backward half first: its last layer bounds which rows of the
+    // forward half's last layer can be the meeting row.
+    let bw = half(&rp, m, k, b, u, kernel, None)?;
+    let fw = half(p, m, k, a, u, kernel, Some(&bw.last))?;
     let (mut best, mut meet) = (f64::INFINITY, 0);
     for i in a..=m - b {
         let v = fw.last[i] + bw.last[m - i];
@@ -412,7 +428,7 @@ fn kmeans_full(h: &Histogram, k: usize) -> f64 {
     if m <= k {
         return 0.0;
     }
-    half(&p, m, k, k, f64::INFINITY, Kernel::detect())
+    half(&p, m, k, k, f64::INFINITY, Kernel::detect(), None)
         .expect("unbounded")
         .last[m]
 }
@@ -481,6 +497,22 @@ struct Layer<'a> {
     hi: usize,
     opt_lo: usize,
     opt_hi: usize,
+    /// For the last forward layer: the other half's last layer, indexed by
+    /// mirrored row (`m - i`), so rows that cannot hold the meeting point
+    /// are skipped (see `layer_solver!`).
+    meet: Option<&'a [f64]>,
+    /// Slack for the skip test: rounding can make computed rows decrease by
+    /// a few ulps where exact ones are non-decreasing.
+    margin: f64,
+}
+
+/// `arg` of a row the meeting layer skipped.
+const SKIPPED: u32 = u32::MAX;
+
+/// The number of distinct values of the layer's histogram.
+#[inline(always)]
+fn m_of(l: &Layer) -> usize {
+    l.p.w.len() - 1 - PAD
 }
 
 impl Layer<'_> {
@@ -491,10 +523,19 @@ impl Layer<'_> {
     fn solve(&self, kernel: Kernel, cur: &mut [f64], arg: &mut [u32]) -> usize {
         match kernel {
             // SAFETY: the portable kernel has no requirements.
-            Kernel::Portable => unsafe { solve_layer_portable(self, cur, arg) },
+            Kernel::Portable if self.meet.is_some() => unsafe {
+                solve_layer_portable::<true>(self, cur, arg)
+            },
+            // SAFETY: as above.
+            Kernel::Portable => unsafe { solve_layer_portable::<false>(self, cur, arg) },
             // SAFETY: `Kernel::Avx2` is only chosen when the CPU has AVX2.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { solve_layer_avx2(self, cur, arg) },
+            Kernel::Avx2 if self.meet.is_some() => unsafe {
+                solve_layer_avx2::<true>(self, cur, arg)
+            },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { solve_layer_avx2::<false>(self, cur, arg) },
         }
     }
 }
@@ -516,7 +557,7 @@ impl Layer<'_> {
 macro_rules! layer_solver {
     ($(#[$attr:meta])* $vis:vis unsafe fn $name:ident => $split:ident, $pair:ident) => {
         $(#[$attr])*
-        $vis unsafe fn $name(l: &Layer, cur: &mut [f64], arg: &mut [u32]) -> usize {
+        $vis unsafe fn $name<const MEET: bool>(l: &Layer, cur: &mut [f64], arg: &mut [u32]) -> usize {
             if l.lo > l.hi {
                 return 1;
             }
@@ -524,7 +565,68 @@ macro_rules! layer_solver {
             let mut s = 1usize << (usize::BITS - 1 - n.leading_zeros());
             // First position whose row is above the bound (n + 1: none yet).
             let mut dead = n + 1;
+            // Meeting layer: the best `T` of the rows solved so far.
+            let mut best_t = l.u;
+            // One stride of the meeting layer (the last forward layer).
+            // Only the sum `T(i) = F(i) + B(m - i)` with the other half
+            // matters there, F non-decreasing in i and B(m - i)
+            // non-increasing. Every row between the neighbours at `r - s`
+            // and `r + s` has `T >= F(left) + B(m - right)`; if that is
+            // above the best `T` so far (at first the Lloyd bound), none of
+            // them can be the meeting row and the row is skipped, and so
+            // are the rows of finer strides next to a skipped one. Skipped
+            // rows keep their infinite value.
+            #[inline(always)]
+            unsafe fn meet_stride(
+                l: &Layer,
+                s: usize,
+                n: usize,
+                cur: &mut [f64],
+                arg: &mut [u32],
+                dead: &mut usize,
+                best_t: &mut f64,
+            ) {
+                let back = l.meet.expect("meeting layer");
+                let m = m_of(l);
+                let mut r = s;
+                while r <= n && r < *dead {
+                    let row = l.lo + r - 1;
+                    let rp = (r + s).min(*dead);
+                    let right_row = if rp <= n { l.lo + rp - 1 } else { l.hi };
+                    let f_left = if r > s { cur[row - s] } else { f64::NEG_INFINITY };
+                    if (r > s && arg[row - s] == SKIPPED)
+                        || (rp <= n && arg[right_row] == SKIPPED)
+                        || f_left + back[m - right_row] > *best_t + l.margin
+                    {
+                        arg[row] = SKIPPED;
+                        r += 2 * s;
+                        continue;
+                    }
+                    let left = if r > s { arg[row - s] as usize } else { l.opt_lo };
+                    let right = if rp <= n { arg[right_row] as usize } else { l.opt_hi };
+                    let end = right.min(row - 1);
+                    let start = left.max(l.prev_arg[row] as usize).min(end);
+                    // SAFETY: the caller guarantees the kernel's target features.
+                    let (best, best_l) = unsafe { $split(l.p, l.prev, row, start, end) };
+                    cur[row] = best;
+                    arg[row] = best_l as u32;
+                    *best_t = best_t.min(best + back[m - row]);
+                    if best > l.u {
+                        *dead = r;
+                        return;
+                    }
+                    r += 2 * s;
+                }
+            }
             loop {
+                if MEET {
+                    meet_stride(l, s, n, cur, arg, &mut dead, &mut best_t);
+                    if s == 1 {
+                        return dead;
+                    }
+                    s /= 2;
+                    continue;
+                }
                 // Row and split range at position `r` of this stride.
                 let bounds = |arg: &[u32], r: usize, dead: usize| {
                     let row = l.lo + r - 1;
