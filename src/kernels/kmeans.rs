@@ -31,6 +31,19 @@
 //!   above the rounding error of the prefix sums, so pruning never removes
 //!   a row the exact optimum needs.
 //!
+//! * **Skipping in the meeting layer.** The backward half runs first, so
+//!   when the forward half's last layer is solved the meeting sum
+//!   `T(i) = F[k/2][i] + B[k - k/2][m - i]` can be bounded between two
+//!   computed rows `i1 < i2`: `T >= F[i1] + B[m - i2]` (F rises with `i`,
+//!   B falls). Rows whose bound exceeds the best `T` found so far are never
+//!   solved; on a 16 × 1280 group that is about 7,200 of that layer's 7,700
+//!   rows, an eighth of all the rows.
+//!
+//! Most rows at the finest strides have one to four candidates, so their
+//! cost is the latency of one vector of candidates and its reduction, not
+//! the arithmetic: such rows take their leftmost minimum from a compare
+//! mask, and rows are solved two at a time so their chains overlap.
+//!
 //! Ties pick the smallest split within each half and the leftmost meeting
 //! row, which makes the result deterministic. The tests check it against
 //! brute force, against the plain full DP and against an independent SMAWK
