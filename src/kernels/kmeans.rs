@@ -595,6 +595,35 @@ impl Layer<'_> {
     }
 }
 
+/// Row of position `r` at stride `s` and its split range: between the
+/// splits of the solved neighbours at `r - s` and `r + s` (or the layer's
+/// limits; the row at `dead` when `r + s` is past it), at least the
+/// previous layer's split of the same row, and below the row.
+#[inline(always)]
+fn split_range(
+    l: &Layer,
+    arg: &[u32],
+    s: usize,
+    n: usize,
+    r: usize,
+    dead: usize,
+) -> (usize, usize, usize) {
+    let row = l.lo + r - 1;
+    let left = if r > s {
+        arg[row - s] as usize
+    } else {
+        l.opt_lo
+    };
+    let rp = (r + s).min(dead);
+    let right = if rp <= n {
+        arg[l.lo + rp - 1] as usize
+    } else {
+        l.opt_hi
+    };
+    let end = right.min(row - 1);
+    (row, left.max(l.prev_arg[row] as usize).min(end), end)
+}
+
 /// The layer loop, instantiated once per split kernel (the AVX2 one must
 /// be inlined into a function compiled with AVX2, which a generic
 /// parameter cannot express for `#[target_feature]` functions).
@@ -610,7 +639,7 @@ impl Layer<'_> {
 /// non-decreasing in value, so past a row above the bound `u` all are:
 /// those are skipped.
 macro_rules! layer_solver {
-    ($(#[$attr:meta])* $vis:vis unsafe fn $name:ident => $split:ident, $pair:ident) => {
+    ($(#[$attr:meta])* $vis:vis unsafe fn $name:ident => $split:ident) => {
         $(#[$attr])*
         $vis unsafe fn $name<const MEET: bool>(l: &Layer, cur: &mut [f64], arg: &mut [u32]) -> usize {
             if l.lo > l.hi {
@@ -657,10 +686,7 @@ macro_rules! layer_solver {
                         r += 2 * s;
                         continue;
                     }
-                    let left = if r > s { arg[row - s] as usize } else { l.opt_lo };
-                    let right = if rp <= n { arg[right_row] as usize } else { l.opt_hi };
-                    let end = right.min(row - 1);
-                    let start = left.max(l.prev_arg[row] as usize).min(end);
+                    let (row, start, end) = split_range(l, arg, s, n, r, *dead);
                     // SAFETY: the caller guarantees the kernel's target features.
                     let (best, best_l) = unsafe { $split(l.p, l.prev, row, start, end) };
                     cur[row] = best;
@@ -682,27 +708,20 @@ macro_rules! layer_solver {
                     s /= 2;
                     continue;
                 }
-                // Row and split range at position `r` of this stride.
-                let bounds = |arg: &[u32], r: usize, dead: usize| {
-                    let row = l.lo + r - 1;
-                    let left = if r > s { arg[row - s] as usize } else { l.opt_lo };
-                    let rp = (r + s).min(dead);
-                    let right = if rp <= n { arg[l.lo + rp - 1] as usize } else { l.opt_hi };
-                    let end = right.min(row - 1);
-                    (row, left.max(l.prev_arg[row] as usize).min(end), end)
-                };
                 let mut r = s;
                 while r <= n && r < dead {
-                    let (row, start, end) = bounds(arg, r, dead);
+                    let (row, start, end) = split_range(l, arg, s, n, r, dead);
                     let r2 = r + 2 * s;
                     if r2 <= n && r2 < dead {
-                        // Two independent rows of the stride at once (the
-                        // second one only counts if the first is within
-                        // the bound, as it would have been solved then).
-                        let (row2, start2, end2) = bounds(arg, r2, dead);
+                        // Two independent rows of the stride back to back,
+                        // so their dependency chains overlap (the second
+                        // one only counts if the first is within the
+                        // bound, as it would have been solved then).
+                        let (row2, start2, end2) = split_range(l, arg, s, n, r2, dead);
                         // SAFETY: the caller guarantees the kernel's target features.
-                        let ((best, best_l), (best2, best_l2)) =
-                            unsafe { $pair(l.p, l.prev, [(row, start, end), (row2, start2, end2)]) };
+                        let (best, best_l) = unsafe { $split(l.p, l.prev, row, start, end) };
+                        // SAFETY: as above.
+                        let (best2, best_l2) = unsafe { $split(l.p, l.prev, row2, start2, end2) };
                         cur[row] = best;
                         arg[row] = best_l as u32;
                         if best > l.u {
@@ -742,7 +761,7 @@ layer_solver!(
     ///
     /// # Safety
     /// None (`unsafe` only to share the macro with the SIMD form).
-    unsafe fn solve_layer_portable => best_split_unsafe, best_split_pair_portable
+    unsafe fn solve_layer_portable => best_split_unsafe
 );
 
 /// [`best_split`] behind the calling convention the macro uses.
@@ -760,43 +779,6 @@ unsafe fn best_split_unsafe(
     best_split(p, prev, i, a, b)
 }
 
-/// Two rows `(i, a, b)` with the portable kernel.
-///
-/// # Safety
-/// None.
-#[inline(always)]
-unsafe fn best_split_pair_portable(
-    p: &Prefix,
-    prev: &[f64],
-    rows: [(usize, usize, usize); 2],
-) -> ((f64, usize), (f64, usize)) {
-    let [(i, a, b), (i2, a2, b2)] = rows;
-    (
-        best_split(p, prev, i, a, b),
-        best_split(p, prev, i2, a2, b2),
-    )
-}
-
-/// Two rows `(i, a, b)` with the AVX2 kernel, back to back in one
-/// function so their independent dependency chains overlap.
-///
-/// # Safety
-/// As [`best_split_avx2`], for both rows.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-#[inline]
-unsafe fn best_split_pair_avx2(
-    p: &Prefix,
-    prev: &[f64],
-    rows: [(usize, usize, usize); 2],
-) -> ((f64, usize), (f64, usize)) {
-    let [(i, a, b), (i2, a2, b2)] = rows;
-    (
-        best_split_avx2(p, prev, i, a, b),
-        best_split_avx2(p, prev, i2, a2, b2),
-    )
-}
-
 #[cfg(target_arch = "x86_64")]
 layer_solver!(
     /// The layer loop with the AVX2 split kernel.
@@ -804,7 +786,7 @@ layer_solver!(
     /// # Safety
     /// The CPU must support AVX2.
     #[target_feature(enable = "avx2")]
-    unsafe fn solve_layer_avx2 => best_split_avx2, best_split_pair_avx2
+    unsafe fn solve_layer_avx2 => best_split_avx2
 );
 
 /// The leftmost `l` in `a..=b` minimising `prev[l] + cost(l, i)`.

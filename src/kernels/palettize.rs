@@ -1056,19 +1056,23 @@ mod tests {
         }
     }
 
+    /// Seeded xorshift64 stream (test data only).
+    fn xorshift(mut s: u64) -> impl FnMut() -> u64 {
+        move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        }
+    }
+
     /// The chunked compaction lists exactly the patterns a plain walk over
     /// all finite patterns lists, in the same order: sparse, dense and
     /// empty tables, counts at chunk edges, at 0x8001 and 0x7bff, and on
     /// NaN/inf/-0 patterns (which must never be listed).
     #[test]
     fn present_patterns_equal_the_plain_walk() {
-        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
         let mut counts = Box::new([0u32; 1 << 16]);
         let mut order = Box::new([0u16; 1 << 16]);
         for case in 0..12 {
@@ -1183,13 +1187,7 @@ mod tests {
     /// tables left clean.
     #[test]
     fn counting_table_path_matches_reference() {
-        let mut s = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         let special = [
             0x0000u16, 0x8000, 0x0001, 0x8001, 0x03ff, 0x83ff, 0x7bff, 0xfbff,
         ];
