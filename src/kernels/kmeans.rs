@@ -124,9 +124,66 @@ impl Prefix {
     /// reversed), computed without building it: the same operations in the
     /// same order as [`Prefix::new`] on the mirrored copy, so the sums are
     /// bit-identical to that.
+    #[cfg(test)]
     fn mirrored(h: &Histogram) -> Self {
         let m = h.values.len();
         Self::build(m, |t| (-h.values[m - 1 - t], h.counts[m - 1 - t])).0
+    }
+
+    /// [`Prefix::new`] and [`Prefix::mirrored`] in one pass each for the
+    /// mean and the sums: the same operations in the same order per sum,
+    /// so the same bits, with the two directions' dependency chains
+    /// overlapping (each is bound by the latency of its additions).
+    fn both(h: &Histogram) -> (Self, Self, f64) {
+        let m = h.values.len();
+        let (v, c) = (&h.values[..m], &h.counts[..m]);
+        let (mut tf, mut sf, mut tb, mut sb) = (0.0, 0.0, 0.0, 0.0);
+        for t in 0..m {
+            let r = m - 1 - t;
+            tf += c[t];
+            sf += v[t] * c[t];
+            tb += c[r];
+            sb += -v[r] * c[r];
+        }
+        let mf = sf / f64::max(tf, 1.0);
+        let mb = sb / f64::max(tb, 1.0);
+        let len = m + 1 + PAD;
+        let mut f = Self {
+            w: vec![0.0; len],
+            s: vec![0.0; len],
+            q: vec![0.0; len],
+        };
+        let mut b = Self {
+            w: vec![0.0; len],
+            s: vec![0.0; len],
+            q: vec![0.0; len],
+        };
+        let (mut fw, mut fs, mut fq) = (0.0, 0.0, 0.0);
+        let (mut bw, mut bs, mut bq) = (0.0, 0.0, 0.0);
+        for t in 0..m {
+            let r = m - 1 - t;
+            let (x, w) = (v[t], c[t]);
+            let d = x - mf;
+            fw += w;
+            fs += w * d;
+            fq += w * d * d;
+            f.w[t + 1] = fw;
+            f.s[t + 1] = fs;
+            f.q[t + 1] = fq;
+            let (x, w) = (-v[r], c[r]);
+            let d = x - mb;
+            bw += w;
+            bs += w * d;
+            bq += w * d * d;
+            b.w[t + 1] = bw;
+            b.s[t + 1] = bs;
+            b.q[t + 1] = bq;
+        }
+        for t in m + 1..len {
+            (f.w[t], f.s[t], f.q[t]) = (fw, fs, fq);
+            (b.w[t], b.s[t], b.q[t]) = (bw, bs, bq);
+        }
+        (f, b, mf)
     }
 
     /// Prefix sums over `m` (value, count) pairs given in ascending order.
@@ -228,7 +285,7 @@ fn kmeans_1d_with(h: &Histogram, k: usize, kernel: Kernel) -> Clustering {
             sse: 0.0,
         };
     }
-    let (p, mean) = Prefix::new(h);
+    let (p, rp, mean) = Prefix::both(h);
     if k == 1 {
         return finish(h, vec![0], p.cost(0, m));
     }
@@ -237,12 +294,12 @@ fn kmeans_1d_with(h: &Histogram, k: usize, kernel: Kernel) -> Clustering {
     // ~500x that, and still tiny next to any real gap between clusterings.
     let bound = lloyd_bound(&p, &h.values, mean, k);
     let u = bound * (1.0 + 1e-9) + k as f64 * 1e-13 * p.q[m].abs();
-    if let Some(c) = meet_in_the_middle(h, &p, k, u, kernel) {
+    if let Some(c) = meet_in_the_middle(h, &p, &rp, k, u, kernel) {
         return c;
     }
     // Unreachable in exact arithmetic (the Lloyd clustering itself is a
     // path under the bound); kept so rounding can never lose the answer.
-    meet_in_the_middle(h, &p, k, f64::INFINITY, kernel)
+    meet_in_the_middle(h, &p, &rp, k, f64::INFINITY, kernel)
         .expect("an unbounded search always finds a path")
 }
 
@@ -359,16 +416,64 @@ fn partition_near(values: &[f64], guess: usize, pred: impl Fn(f64) -> bool) -> u
 }
 
 /// One half of the search: layers `1..=layers` of the DP over `p`, rows
-/// pruned by `u`. `last[i]` is the last layer's value, `arg[(j - 1) * (m +
-/// 1) + i]` the split of row `i` in layer `j` (layer 1 has none).
+/// pruned by `u`. `last[i]` is the last layer's value (infinite on every
+/// row it did not solve), `arg[(j - 1) * (m + 1) + i]` the split of row
+/// `i` in layer `j` (layer 1 has none); only rows a layer solved hold one.
 struct Half {
     last: Vec<f64>,
     arg: Vec<u32>,
 }
 
+/// Buffers of the searches run on this thread, reused from one group to
+/// the next: a 16 x 1280 group has ~10^4 rows per layer, and zeroing or
+/// filling fresh buffers for every layer cost about 5 % of the search. The
+/// layers never read a row that was not written for this search (see
+/// `half`), so stale contents are harmless.
+#[derive(Default)]
+struct Pool {
+    f64s: Vec<Vec<f64>>,
+    u32s: Vec<Vec<u32>>,
+}
+
+thread_local! {
+    static POOL: std::cell::RefCell<Pool> = std::cell::RefCell::new(Pool::default());
+}
+
+/// A pooled buffer of at least `len` entries (contents unspecified).
+fn take_f64(len: usize) -> Vec<f64> {
+    let mut v = POOL.with(|p| p.borrow_mut().f64s.pop()).unwrap_or_default();
+    v.resize(len, f64::INFINITY);
+    v
+}
+
+fn take_u32(len: usize) -> Vec<u32> {
+    let mut v = POOL.with(|p| p.borrow_mut().u32s.pop()).unwrap_or_default();
+    v.resize(len, 0);
+    v
+}
+
+impl Half {
+    /// Hands the buffers back to this thread's pool.
+    fn recycle(self) {
+        POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            p.f64s.push(self.last);
+            p.u32s.push(self.arg);
+        });
+    }
+}
+
 /// `meet`: the other half's last layer, already solved, so this half's
 /// last layer can skip rows that cannot be the meeting row (those keep an
 /// infinite value).
+///
+/// What is read of the buffers, and so what must be written first:
+/// a layer reads the previous layer's values only at splits up to the
+/// last row within the bound (all solved), its own `arg` only at rows of
+/// coarser strides (solved), and the previous layer's `arg` of the same
+/// row only where that layer solved it (`prev_end`). Only the last layer
+/// is read everywhere (by the meeting scan), so it alone is filled with
+/// +inf before it is solved.
 #[allow(clippy::too_many_arguments)]
 fn half(
     p: &Prefix,
@@ -379,7 +484,11 @@ fn half(
     kernel: Kernel,
     meet: Option<&[f64]>,
 ) -> Option<Half> {
-    let mut prev = vec![f64::INFINITY; m + 1 + PAD];
+    let len = m + 1 + PAD;
+    let mut prev = take_f64(len);
+    if layers == 1 {
+        prev.fill(f64::INFINITY);
+    }
     prev[0] = 0.0;
     // Admissible rows of the current layer are 1..=hi.
     let mut hi = 0;
@@ -392,21 +501,32 @@ fn half(
         hi = i;
     }
     let stride = m + 1;
-    let mut arg = vec![0u32; layers * stride];
-    let mut cur = vec![f64::INFINITY; m + 1 + PAD];
-    // Rows of each buffer that may hold a finite value (the rest is
-    // infinite), so a buffer is reset by filling only those.
-    let (mut prev_rows, mut cur_rows) = (0..hi + 1, 0..0);
+    let mut arg = take_u32(layers * stride);
+    let mut cur = take_f64(len);
+    // Layer 1 has no splits: every bound from it is 0.
+    let mut prev_end = 0;
+    let give_back = |a: Vec<f64>, b: Vec<f64>, c: Vec<u32>| {
+        POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            p.f64s.push(a);
+            p.f64s.push(b);
+            p.u32s.push(c);
+        })
+    };
     for j in 2..=layers {
         if hi < j - 1 {
+            give_back(prev, cur, arg);
             return None;
         }
-        cur[cur_rows].fill(f64::INFINITY);
+        if j == layers {
+            cur.fill(f64::INFINITY);
+        }
         let (done, rest) = arg.split_at_mut((j - 1) * stride);
         let layer = Layer {
             p,
             prev: &prev,
             prev_arg: &done[(j - 2) * stride..],
+            prev_end,
             u,
             lo: j,
             hi: m - (k - j),
@@ -416,14 +536,24 @@ fn half(
             margin: k as f64 * 1e-13 * p.q[m].abs(),
         };
         let dead = layer.solve(kernel, &mut cur, &mut rest[..stride]);
-        cur_rows = j..m - (k - j) + 1;
+        // Rows solved: every position before `dead`, and the row at `dead`
+        // itself (solved, above the bound). Rows of coarser strides past it
+        // may have been solved too; they are not counted, and a bound of 0
+        // is as valid as theirs.
+        let n = m - (k - j) + 1 - j;
+        prev_end = j + dead.min(n);
         // Every row before the first one above the bound was computed and
         // is within it.
         hi = j + dead - 2;
         std::mem::swap(&mut prev, &mut cur);
-        std::mem::swap(&mut prev_rows, &mut cur_rows);
     }
+    POOL.with(|p| p.borrow_mut().f64s.push(cur));
     if hi < layers {
+        POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            p.f64s.push(prev);
+            p.u32s.push(arg);
+        });
         return None;
     }
     Some(Half { last: prev, arg })
@@ -432,18 +562,21 @@ fn half(
 fn meet_in_the_middle(
     h: &Histogram,
     p: &Prefix,
+    rp: &Prefix,
     k: usize,
     u: f64,
     kernel: Kernel,
 ) -> Option<Clustering> {
     let m = h.len();
-    let rp = Prefix::mirrored(h);
     let a = k / 2;
     let b = k - a;
     // The backward half first: its last layer bounds which rows of the
     // forward half's last layer can be the meeting row.
-    let bw = half(&rp, m, k, b, u, kernel, None)?;
-    let fw = half(p, m, k, a, u, kernel, Some(&bw.last))?;
+    let bw = half(rp, m, k, b, u, kernel, None)?;
+    let Some(fw) = half(p, m, k, a, u, kernel, Some(&bw.last)) else {
+        bw.recycle();
+        return None;
+    };
     let (mut best, mut meet) = (f64::INFINITY, 0);
     for i in a..=m - b {
         let v = fw.last[i] + bw.last[m - i];
@@ -453,6 +586,8 @@ fn meet_in_the_middle(
         }
     }
     if !best.is_finite() {
+        bw.recycle();
+        fw.recycle();
         return None;
     }
     let mut starts = vec![0usize; k];
@@ -471,6 +606,8 @@ fn meet_in_the_middle(
         starts[k - j] = m - l;
         r = l;
     }
+    bw.recycle();
+    fw.recycle();
     Some(finish(h, starts, best))
 }
 
@@ -547,6 +684,9 @@ struct Layer<'a> {
     p: &'a Prefix,
     prev: &'a [f64],
     prev_arg: &'a [u32],
+    /// Rows below this one have their split in `prev_arg`; the others
+    /// were not solved by the previous layer and take the bound 0.
+    prev_end: usize,
     u: f64,
     lo: usize,
     hi: usize,
@@ -621,7 +761,12 @@ fn split_range(
         l.opt_hi
     };
     let end = right.min(row - 1);
-    (row, left.max(l.prev_arg[row] as usize).min(end), end)
+    let below = if row < l.prev_end {
+        l.prev_arg[row] as usize
+    } else {
+        0
+    };
+    (row, left.max(below).min(end), end)
 }
 
 /// The layer loop, instantiated once per split kernel (the AVX2 one must
@@ -975,6 +1120,25 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    proptest! {
+        /// The fused builder gives the bits of the two separate ones.
+        #[test]
+        fn fused_prefix_sums_are_bit_identical(raw in prop::collection::vec((-1000i32..1000, 1u32..50), 1..300)) {
+            let xs: Vec<f64> = raw.iter().flat_map(|&(v, c)| std::iter::repeat_n(f64::from(v) / 977.0, c as usize)).collect();
+            let h = Histogram::from_values(&xs);
+            let (f, b, mean) = Prefix::both(&h);
+            let (f0, mean0) = Prefix::new(&h);
+            let b0 = Prefix::mirrored(&h);
+            prop_assert_eq!(mean.to_bits(), mean0.to_bits());
+            for (x, y) in [(&f, &f0), (&b, &b0)] {
+                for (u, v) in [(&x.w, &y.w), (&x.s, &y.s), (&x.q, &y.q)] {
+                    prop_assert!(u.iter().zip(v.iter()).all(|(a, c)| a.to_bits() == c.to_bits()));
+                    prop_assert_eq!(u.len(), v.len());
+                }
+            }
+        }
+    }
+
     /// Exhaustive search over all ways to cut m sorted points into k runs.
     fn brute(h: &Histogram, k: usize) -> f64 {
         let m = h.len();
@@ -1266,4 +1430,26 @@ mod tests {
         assert!((c.centroids[0] - 0.1).abs() < 1e-12 && (c.centroids[1] - 10.1).abs() < 1e-12);
         assert_eq!(c.starts, vec![0, 3]);
     }
+}
+
+/// TEMP bench
+pub fn zz_bench_split(h: &Histogram, i: usize, a: usize, b: usize, reps: usize) -> (f64, u64) {
+    let (p, _) = Prefix::new(h);
+    let prev: Vec<f64> = (0..p.w.len()).map(|t| p.cost(0, t.min(h.len()))).collect();
+    let t0 = unsafe { std::arch::x86_64::_rdtsc() };
+    let mut acc = 0.0;
+    for r in 0..reps {
+        let (v, l) = unsafe {
+            best_split_avx2(
+                &p,
+                &prev,
+                std::hint::black_box(i),
+                std::hint::black_box(a + (r & 1)),
+                b,
+            )
+        };
+        acc += v + l as f64;
+    }
+    let t1 = unsafe { std::arch::x86_64::_rdtsc() };
+    (acc, t1 - t0)
 }
