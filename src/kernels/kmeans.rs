@@ -116,6 +116,9 @@ struct Prefix {
 }
 
 impl Prefix {
+    /// The prefix sums of `h` and its mean (the search builds both
+    /// directions at once with [`Prefix::both`]; tests use this one).
+    #[cfg(test)]
     fn new(h: &Histogram) -> (Self, f64) {
         Self::build(h.values.len(), |t| (h.values[t], h.counts[t]))
     }
@@ -187,6 +190,7 @@ impl Prefix {
     }
 
     /// Prefix sums over `m` (value, count) pairs given in ascending order.
+    #[cfg(test)]
     #[inline(always)]
     fn build(m: usize, at: impl Fn(usize) -> (f64, f64)) -> (Self, f64) {
         let (mut total, mut sum) = (0.0, 0.0);
@@ -1430,26 +1434,4 @@ mod tests {
         assert!((c.centroids[0] - 0.1).abs() < 1e-12 && (c.centroids[1] - 10.1).abs() < 1e-12);
         assert_eq!(c.starts, vec![0, 3]);
     }
-}
-
-/// TEMP bench
-pub fn zz_bench_split(h: &Histogram, i: usize, a: usize, b: usize, reps: usize) -> (f64, u64) {
-    let (p, _) = Prefix::new(h);
-    let prev: Vec<f64> = (0..p.w.len()).map(|t| p.cost(0, t.min(h.len()))).collect();
-    let t0 = unsafe { std::arch::x86_64::_rdtsc() };
-    let mut acc = 0.0;
-    for r in 0..reps {
-        let (v, l) = unsafe {
-            best_split_avx2(
-                &p,
-                &prev,
-                std::hint::black_box(i),
-                std::hint::black_box(a + (r & 1)),
-                b,
-            )
-        };
-        acc += v + l as f64;
-    }
-    let t1 = unsafe { std::arch::x86_64::_rdtsc() };
-    (acc, t1 - t0)
 }
