@@ -44,7 +44,7 @@
 #                        it, and leaves it in place (saves ~2 min and 5 GB of writes for SDXL)
 #
 # Disk: about 8 GB with part 3's SDXL (5.1 GB package + its output; SD-1.5 is removed before).
-# Numbers are warm-cache (the packages were just written). The machine may be shared: the
+# Numbers are warm-cache (the packages were just written), each command starting after a `sync`. The machine may be shared: the
 # table shows CPU seconds next to wall time; sdcompress uses all cores, coremltools mostly one.
 set -euo pipefail
 
@@ -148,6 +148,10 @@ measure() {
     local label="$1" lim="$2"
     shift 2
     local tf="$tmp/$label.time" so="$tmp/$label.stdout" se="$tmp/$label.stderr"
+    # Flush earlier runs' outputs first (not timed): otherwise their write-back lands in this
+    # run's wall time (an SDXL per-tensor run measured 15.6 s right after the SD-1.5 runs, 6.5 s
+    # after a sync).
+    sync
     /usr/bin/time -v -o "$tf" "$@" >"$so" 2>"$se" &
     local tpid=$! cpid="" anon=0 file=0 a f k v rest start=${EPOCHREALTIME/./} killed=0
     while kill -0 "$tpid" 2>/dev/null; do
@@ -267,6 +271,10 @@ if has full; then
             cat "$tmp/gen.$arch.stdout" >&2
             du -sb "$pkg" | cut -f1 >"$tmp/gen.$arch.bytes"
         fi
+        # Warm the page cache with the input (not timed), as for a package just written: after
+        # the other model's runs a reused SDXL package was partly evicted, and its first run
+        # paid the disk reads (11.4 s wall / 15.2 CPU s against 4.7-5.3 s / 7.4-8.0 s warm).
+        cat "$pkg/Data/com.apple.CoreML/weights/weight.bin" >/dev/null
         step "sdcompress palettize --nbits 4 ($arch)"
         sd "full.$arch.p4t" "$limit" "$pkg" --nbits 4
         drop "full.$arch.p4t"
