@@ -113,24 +113,9 @@ fn pack_words<const N: u32>(values: &[u8], out: &mut [u8]) {
         2 => gather2(x),
         _ => gather1(x),
     };
-    match N {
-        4 => {
-            for (o, c) in out.chunks_exact_mut(4).zip(values.chunks_exact(8)) {
-                let x = u64::from_le_bytes(c.try_into().expect("8 bytes"));
-                o.copy_from_slice(&(gather(x) as u32).to_le_bytes());
-            }
-        }
-        2 => {
-            for (o, c) in out.chunks_exact_mut(2).zip(values.chunks_exact(8)) {
-                let x = u64::from_le_bytes(c.try_into().expect("8 bytes"));
-                o.copy_from_slice(&(gather(x) as u16).to_le_bytes());
-            }
-        }
-        _ => {
-            for (o, c) in out.iter_mut().zip(values.chunks_exact(8)) {
-                *o = gather(u64::from_le_bytes(c.try_into().expect("8 bytes"))) as u8;
-            }
-        }
+    for (o, c) in out.chunks_exact_mut(N as usize).zip(values.chunks_exact(8)) {
+        let x = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+        o.copy_from_slice(&gather(x).to_le_bytes()[..N as usize]);
     }
 }
 

@@ -151,16 +151,12 @@ impl Prefix {
         let mf = sf / f64::max(tf, 1.0);
         let mb = sb / f64::max(tb, 1.0);
         let len = m + 1 + PAD;
-        let mut f = Self {
+        let zeroed = || Self {
             w: vec![0.0; len],
             s: vec![0.0; len],
             q: vec![0.0; len],
         };
-        let mut b = Self {
-            w: vec![0.0; len],
-            s: vec![0.0; len],
-            q: vec![0.0; len],
-        };
+        let (mut f, mut b) = (zeroed(), zeroed());
         let (mut fw, mut fs, mut fq) = (0.0, 0.0, 0.0);
         let (mut bw, mut bs, mut bq) = (0.0, 0.0, 0.0);
         for t in 0..m {
@@ -456,14 +452,19 @@ fn take_u32(len: usize) -> Vec<u32> {
     v
 }
 
+/// Hands buffers back to this thread's pool.
+fn give_back(f64s: impl IntoIterator<Item = Vec<f64>>, u32s: impl IntoIterator<Item = Vec<u32>>) {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        p.f64s.extend(f64s);
+        p.u32s.extend(u32s);
+    });
+}
+
 impl Half {
     /// Hands the buffers back to this thread's pool.
     fn recycle(self) {
-        POOL.with(|p| {
-            let mut p = p.borrow_mut();
-            p.f64s.push(self.last);
-            p.u32s.push(self.arg);
-        });
+        give_back([self.last], [self.arg]);
     }
 }
 
@@ -509,17 +510,9 @@ fn half(
     let mut cur = take_f64(len);
     // Layer 1 has no splits: every bound from it is 0.
     let mut prev_end = 0;
-    let give_back = |a: Vec<f64>, b: Vec<f64>, c: Vec<u32>| {
-        POOL.with(|p| {
-            let mut p = p.borrow_mut();
-            p.f64s.push(a);
-            p.f64s.push(b);
-            p.u32s.push(c);
-        })
-    };
     for j in 2..=layers {
         if hi < j - 1 {
-            give_back(prev, cur, arg);
+            give_back([prev, cur], [arg]);
             return None;
         }
         if j == layers {
@@ -551,15 +544,11 @@ fn half(
         hi = j + dead - 2;
         std::mem::swap(&mut prev, &mut cur);
     }
-    POOL.with(|p| p.borrow_mut().f64s.push(cur));
     if hi < layers {
-        POOL.with(|p| {
-            let mut p = p.borrow_mut();
-            p.f64s.push(prev);
-            p.u32s.push(arg);
-        });
+        give_back([prev, cur], [arg]);
         return None;
     }
+    give_back([cur], []);
     Some(Half { last: prev, arg })
 }
 
