@@ -151,12 +151,25 @@ impl Prefix {
         let mf = sf / f64::max(tf, 1.0);
         let mb = sb / f64::max(tb, 1.0);
         let len = m + 1 + PAD;
-        let zeroed = || Self {
-            w: vec![0.0; len],
-            s: vec![0.0; len],
-            q: vec![0.0; len],
+        // Pooled buffers: every entry is written below (a fresh zeroed
+        // 17k-entry array per sum and group showed up as page clearing).
+        let empty = || {
+            let mut v = take_f64(len);
+            v[0] = 0.0;
+            v
         };
-        let (mut f, mut b) = (zeroed(), zeroed());
+        let (mut f, mut b) = (
+            Self {
+                w: empty(),
+                s: empty(),
+                q: empty(),
+            },
+            Self {
+                w: empty(),
+                s: empty(),
+                q: empty(),
+            },
+        );
         let (mut fw, mut fs, mut fq) = (0.0, 0.0, 0.0);
         let (mut bw, mut bs, mut bq) = (0.0, 0.0, 0.0);
         for t in 0..m {
@@ -214,6 +227,11 @@ impl Prefix {
             (w[t], s[t], q[t]) = (aw, as_, aq);
         }
         (Self { w, s, q }, mean)
+    }
+
+    /// Hands the sums back to this thread's buffer pool.
+    fn recycle(self) {
+        give_back([self.w, self.s, self.q], []);
     }
 
     /// Cluster cost without the clamp at zero (rounding can make it a hair
@@ -286,21 +304,26 @@ fn kmeans_1d_with(h: &Histogram, k: usize, kernel: Kernel) -> Clustering {
         };
     }
     let (p, rp, mean) = Prefix::both(h);
-    if k == 1 {
-        return finish(h, vec![0], p.cost(0, m));
-    }
-    // Margin: each D value is a sum of at most k cluster costs, each off by
-    // a few ulps of the largest prefix sum. 1e-13 relative per cluster is
-    // ~500x that, and still tiny next to any real gap between clusterings.
-    let bound = lloyd_bound(&p, &h.values, mean, k);
-    let u = bound * (1.0 + 1e-9) + k as f64 * 1e-13 * p.q[m].abs();
-    if let Some(c) = meet_in_the_middle(h, &p, &rp, k, u, kernel) {
-        return c;
-    }
-    // Unreachable in exact arithmetic (the Lloyd clustering itself is a
-    // path under the bound); kept so rounding can never lose the answer.
-    meet_in_the_middle(h, &p, &rp, k, f64::INFINITY, kernel)
-        .expect("an unbounded search always finds a path")
+    let c = if k == 1 {
+        finish(h, vec![0], p.cost(0, m))
+    } else {
+        // Margin: each D value is a sum of at most k cluster costs, each
+        // off by a few ulps of the largest prefix sum. 1e-13 relative per
+        // cluster is ~500x that, and still tiny next to any real gap
+        // between clusterings.
+        let bound = lloyd_bound(&p, &h.values, mean, k);
+        let u = bound * (1.0 + 1e-9) + k as f64 * 1e-13 * p.q[m].abs();
+        meet_in_the_middle(h, &p, &rp, k, u, kernel).unwrap_or_else(|| {
+            // Unreachable in exact arithmetic (the Lloyd clustering itself
+            // is a path under the bound); kept so rounding can never lose
+            // the answer.
+            meet_in_the_middle(h, &p, &rp, k, f64::INFINITY, kernel)
+                .expect("an unbounded search always finds a path")
+        })
+    };
+    p.recycle();
+    rp.recycle();
+    c
 }
 
 /// Centroids of the clusters starting at `starts`.
