@@ -39,6 +39,8 @@
 #   BENCH_SEED=N         generator seed (default 0)
 #   BENCH_PYTHON=PY      Python with coremltools 9.0 to use
 #   BENCH_KEEP=1         keep the temporary directory (prints where)
+#   BENCH_CT_FULL=1      part 3 also runs coremltools on the full packages (measured, not
+#                        extrapolated; SD-1.5 takes ~5 + ~14 min, SDXL about three times that)
 #   BENCH_REUSE=DIR      part 3 uses DIR/<arch>.mlpackage when it exists (a package an earlier
 #                        run or examples/synth_unet wrote with the same seed) instead of generating
 #                        it, and leaves it in place (saves ~2 min and 5 GB of writes for SDXL)
@@ -281,6 +283,13 @@ if has full; then
         step "sdcompress palettize --nbits 4 --group-size 16 ($arch, limit ${limit}s)"
         sd "full.$arch.gs16" "$limit" "$pkg" --nbits 4 --group-size 16
         drop "full.$arch.gs16"
+        if [ "${BENCH_CT_FULL:-0}" = 1 ]; then
+            # Measured on the same package: the subset extrapolation understated coremltools'
+            # SD-1.5 group-16 time by ~15 % (699 s against 821 s).
+            step "coremltools palettize_weights per tensor and group 16 ($arch; minutes)"
+            ct "full.$arch.ct.p4t" "$pkg" --granularity per_tensor --nbits 4
+            ct "full.$arch.ct.gs16" "$pkg" --granularity per_grouped_channel --group-size 16 --nbits 4
+        fi
         [ "$reused" = 1 ] || rm -rf "$pkg"
     done
 fi
@@ -458,8 +467,9 @@ if any(k.startswith("sub.") for k in rows):
 full = [k for k in rows if k.startswith("full.")]
 if full:
     print()
-    print("3. sdcompress alone on the full synthetic packages (coremltools extrapolated from part 2's wall throughput, same setting)")
-    print(f"{'model':<6} {'setting':<7} {'wall_s':>8} {'cpu_s':>8} {'rss_MB':>7} {'anon_MB':>7} {'weight.bin':>14} {'GiB':>6} {'bits/w':>6} {'b/cw':>6} {'compr':>9} {'SNR_dB':>6} {'Mparam/s':>8} {'ct_est_s':>8} {'ct/sd':>6}  check")
+    print("3. sdcompress on the full synthetic packages (coremltools extrapolated from part 2's wall throughput, same setting;")
+    print("   with BENCH_CT_FULL=1 also measured: ct_s, and ct/sd from it)")
+    print(f"{'model':<6} {'setting':<7} {'wall_s':>8} {'cpu_s':>8} {'rss_MB':>7} {'anon_MB':>7} {'weight.bin':>14} {'GiB':>6} {'bits/w':>6} {'b/cw':>6} {'compr':>9} {'SNR_dB':>6} {'Mparam/s':>8} {'ct_est_s':>8} {'ct_s':>8} {'ct/sd':>6}  check")
     for arch in ("sd15", "sdxl", "tiny"):
         g = rows.get(f"gen.{arch}")
         for s in ("p4t", "gs16"):
@@ -471,11 +481,16 @@ if full:
                 continue
             t = out_thr.get(s)
             est = r["cparams"] / (t["cparams"] / t["ct_wall"]) if t else None
+            c = ct_row(f"full.{arch}.ct.{s}")
+            measured = c["wall"] if c is not None and "error" not in c else None
             chk = "info agrees" if r.get("info_n") == r["n"] else f"info says {r.get('info_n')} compressed"
+            if c is not None and "error" in c:
+                chk += f"; coremltools FAILED: {c['error']}"
             print(f"{arch:<6} {s:<7} {r['wall']:>8.2f} {r['cpu']:>8.2f} {r['rss']:>7.0f} {r['anon']:>7.0f} "
                   f"{r['wbin']:>14,d} {r['wbin'] / 2**30:>6.3f} {f(r['bpw']):>6} {f(r['bpcw']):>6} "
                   f"{str(r['n']) + '/' + str(r['weights']):>9} {f(r['snr']):>6} "
-                  f"{r['cparams'] / r['wall'] / 1e6:>8.2f} {f(est, '{:.0f}'):>8} {f(ratio(est, r['wall']), '{:.1f}x'):>6}  {chk}")
+                  f"{r['cparams'] / r['wall'] / 1e6:>8.2f} {f(est, '{:.0f}'):>8} {f(measured, '{:.0f}'):>8} "
+                  f"{f(ratio(measured if measured is not None else est, r['wall']), '{:.1f}x'):>6}  {chk}")
         if g:
             try:
                 size = int(open(os.path.join(tmp, f"gen.{arch}.bytes")).read())
