@@ -151,25 +151,22 @@ impl Prefix {
         let mf = sf / f64::max(tf, 1.0);
         let mb = sb / f64::max(tb, 1.0);
         let len = m + 1 + PAD;
-        // Pooled buffers: every entry is written below (a fresh zeroed
-        // 17k-entry array per sum and group showed up as page clearing).
-        let empty = || {
-            let mut v = take_f64(len);
-            v[0] = 0.0;
-            v
+        // Pooled buffers: entry 0 is set here and every other one below (a
+        // fresh zeroed 17k-entry array per sum and group showed up as page
+        // clearing).
+        let pooled = || {
+            let sums = || {
+                let mut v = take_f64(len);
+                v[0] = 0.0;
+                v
+            };
+            Self {
+                w: sums(),
+                s: sums(),
+                q: sums(),
+            }
         };
-        let (mut f, mut b) = (
-            Self {
-                w: empty(),
-                s: empty(),
-                q: empty(),
-            },
-            Self {
-                w: empty(),
-                s: empty(),
-                q: empty(),
-            },
-        );
+        let (mut f, mut b) = (pooled(), pooled());
         let (mut fw, mut fs, mut fq) = (0.0, 0.0, 0.0);
         let (mut bw, mut bs, mut bq) = (0.0, 0.0, 0.0);
         for t in 0..m {
