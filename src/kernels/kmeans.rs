@@ -31,13 +31,13 @@
 //!   above the rounding error of the prefix sums, so pruning never removes
 //!   a row the exact optimum needs.
 //!
-//! * **Skipping in the meeting layer.** The backward half runs first, so
-//!   when the forward half's last layer is solved the meeting sum
+//! * **Skipping in the meeting layer.** The last layer of both halves is
+//!   solved as one, row by row in forward order, so the meeting sum
 //!   `T(i) = F[k/2][i] + B[k - k/2][m - i]` can be bounded between two
 //!   computed rows `i1 < i2`: `T >= F[i1] + B[m - i2]` (F rises with `i`,
-//!   B falls). Rows whose bound exceeds the best `T` found so far are never
-//!   solved; on a 16 × 1280 group that is about 7,200 of that layer's 7,700
-//!   rows, an eighth of all the rows.
+//!   B falls). Rows whose bound exceeds the best `T` found so far are
+//!   solved in neither direction; on a 16 × 1280 group that is about 7,200
+//!   of those two layers' 7,700 rows each, an eighth of all the rows.
 //!
 //! Most rows at the finest strides have one to four candidates, so their
 //! cost is the latency of one vector of candidates and its reduction, not
@@ -442,6 +442,11 @@ fn partition_near(values: &[f64], guess: usize, pred: impl Fn(f64) -> bool) -> u
 struct Half {
     last: Vec<f64>,
     arg: Vec<u32>,
+    /// The last row of `last` within the bound: the next layer's splits
+    /// stay at or below it.
+    hi: usize,
+    /// Rows of the last layer below this one have their split in `arg`.
+    end: usize,
 }
 
 /// Buffers of the searches run on this thread, reused from one group to
@@ -488,27 +493,17 @@ impl Half {
     }
 }
 
-/// `meet`: the other half's last layer, already solved, so this half's
-/// last layer can skip rows that cannot be the meeting row (those keep an
-/// infinite value).
+/// Layers `1..=layers` of one direction of the DP over `p`.
 ///
 /// What is read of the buffers, and so what must be written first:
 /// a layer reads the previous layer's values only at splits up to the
 /// last row within the bound (all solved), its own `arg` only at rows of
 /// coarser strides (solved), and the previous layer's `arg` of the same
 /// row only where that layer solved it (`prev_end`). Only the last layer
-/// is read everywhere (by the meeting scan), so it alone is filled with
-/// +inf before it is solved.
-#[allow(clippy::too_many_arguments)]
-fn half(
-    p: &Prefix,
-    m: usize,
-    k: usize,
-    layers: usize,
-    u: f64,
-    kernel: Kernel,
-    meet: Option<&[f64]>,
-) -> Option<Half> {
+/// can be read everywhere (by the meeting scan of
+/// [`meet_in_the_middle_small`]), so it alone is filled with +inf before
+/// it is solved.
+fn half(p: &Prefix, m: usize, k: usize, layers: usize, u: f64, kernel: Kernel) -> Option<Half> {
     let len = m + 1 + PAD;
     let mut prev = take_f64(len);
     if layers == 1 {
@@ -549,8 +544,6 @@ fn half(
             hi: m - (k - j),
             opt_lo: j - 1,
             opt_hi: hi,
-            meet: if j == layers { meet } else { None },
-            margin: k as f64 * 1e-13 * p.q[m].abs(),
         };
         let dead = layer.solve(kernel, &mut cur, &mut rest[..stride]);
         // Rows solved: every position before `dead`, and the row at `dead`
@@ -569,7 +562,12 @@ fn half(
         return None;
     }
     give_back([cur], []);
-    Some(Half { last: prev, arg })
+    Some(Half {
+        last: prev,
+        arg,
+        hi,
+        end: prev_end,
+    })
 }
 
 fn meet_in_the_middle(
@@ -583,10 +581,93 @@ fn meet_in_the_middle(
     let m = h.len();
     let a = k / 2;
     let b = k - a;
-    // The backward half first: its last layer bounds which rows of the
-    // forward half's last layer can be the meeting row.
-    let bw = half(rp, m, k, b, u, kernel, None)?;
-    let Some(fw) = half(p, m, k, a, u, kernel, Some(&bw.last)) else {
+    if a < 2 {
+        return meet_in_the_middle_small(h, p, rp, k, u, kernel);
+    }
+    // Both halves up to the layer before the meeting one; that layer is
+    // solved for both directions at once (see `joint_solver!`).
+    let bw = half(rp, m, k, b - 1, u, kernel)?;
+    let Some(fw) = half(p, m, k, a - 1, u, kernel) else {
+        bw.recycle();
+        return None;
+    };
+    let len = m + 1 + PAD;
+    let (mut fc, mut bc) = (take_f64(len), take_f64(len));
+    let (mut fa, mut ba) = (take_u32(len), take_u32(len));
+    fc[a..=m - b].fill(f64::INFINITY);
+    bc[a..=m - b].fill(f64::INFINITY);
+    let joint = Joint {
+        p,
+        rp,
+        fw: &fw,
+        bw: &bw,
+        fw_prev_arg: if a > 2 {
+            &fw.arg[(a - 2) * (m + 1)..]
+        } else {
+            &[]
+        },
+        bw_prev_arg: if b > 2 {
+            &bw.arg[(b - 2) * (m + 1)..]
+        } else {
+            &[]
+        },
+        a,
+        b,
+        m,
+        u,
+        margin: k as f64 * 1e-13 * p.q[m].abs(),
+    };
+    joint.solve(kernel, &mut fc, &mut fa, &mut bc, &mut ba);
+    let (mut best, mut meet) = (f64::INFINITY, 0);
+    for i in a..=m - b {
+        let v = fc[i] + bc[i];
+        if v < best {
+            best = v;
+            meet = i;
+        }
+    }
+    let found = best.is_finite().then(|| {
+        let mut starts = vec![0usize; k];
+        starts[a] = meet;
+        let stride = m + 1;
+        let mut i = fa[meet] as usize;
+        starts[a - 1] = i;
+        for j in (1..a - 1).rev() {
+            i = fw.arg[j * stride + i] as usize;
+            starts[j] = i;
+        }
+        // Mirrored row r covers original values m-r..m; a mirrored split l
+        // starts the original cluster at m-l.
+        let mut r = ba[meet] as usize;
+        starts[k - b + 1] = m - r;
+        for j in (1..b - 1).rev() {
+            let l = bw.arg[j * stride + r] as usize;
+            starts[k - j] = m - l;
+            r = l;
+        }
+        finish(h, starts, best)
+    });
+    give_back([fc, bc], [fa, ba]);
+    bw.recycle();
+    fw.recycle();
+    found
+}
+
+/// [`meet_in_the_middle`] for `k < 4`, where a half has a single layer:
+/// both halves in full, then the meeting scan.
+fn meet_in_the_middle_small(
+    h: &Histogram,
+    p: &Prefix,
+    rp: &Prefix,
+    k: usize,
+    u: f64,
+    kernel: Kernel,
+) -> Option<Clustering> {
+    let m = h.len();
+    let a = k / 2;
+    let b = k - a;
+    let bw = half(rp, m, k, b, u, kernel)?;
+    let Some(fw) = half(p, m, k, a, u, kernel) else {
         bw.recycle();
         return None;
     };
@@ -611,8 +692,6 @@ fn meet_in_the_middle(
         i = fw.arg[j * stride + i] as usize;
         starts[j] = i;
     }
-    // Mirrored row r covers original values m-r..m; a mirrored split l
-    // starts the original cluster at m-l.
     let mut r = m - meet;
     for j in (1..b).rev() {
         let l = bw.arg[j * stride + r] as usize;
@@ -624,6 +703,165 @@ fn meet_in_the_middle(
     Some(finish(h, starts, best))
 }
 
+/// The meeting layer: layer `a` of the forward half and layer `b` of the
+/// backward half, solved together over the rows `i` of the forward
+/// direction (backward row `m - i`). Only the sum
+/// `T(i) = F[a][i] + B[b][m - i]` matters there, F non-decreasing in `i`
+/// and `B[b][m - i]` non-increasing, so between two solved rows
+/// `i1 < i2` every row has `T >= F[a][i1] + B[b][m - i2]`. Rows whose bound
+/// is above the best `T` so far (at first the Lloyd bound) cannot be the
+/// meeting row and are solved in neither direction; on a 16 x 1280 group
+/// that is about 7,200 of 7,700 rows of each of the two layers.
+struct Joint<'a> {
+    p: &'a Prefix,
+    rp: &'a Prefix,
+    fw: &'a Half,
+    bw: &'a Half,
+    /// The split of each row in layer `a - 1` (empty when that is layer 1,
+    /// which has none; then `fw.end` is 0).
+    fw_prev_arg: &'a [u32],
+    bw_prev_arg: &'a [u32],
+    a: usize,
+    b: usize,
+    m: usize,
+    u: f64,
+    /// Slack for the skip test: rounding can make computed rows decrease
+    /// by a few ulps where exact ones are non-decreasing.
+    margin: f64,
+}
+
+impl Joint<'_> {
+    /// Fills the rows `a..=m - b` that it solves: `fc`, `fa` with the
+    /// forward layer's value and split, `bc`, `ba` with the backward
+    /// layer's (indexed by forward row, the split in mirrored
+    /// coordinates). The others keep the value the caller gave (+inf);
+    /// `fa` is [`SKIPPED`] at skipped rows.
+    fn solve(
+        &self,
+        kernel: Kernel,
+        fc: &mut [f64],
+        fa: &mut [u32],
+        bc: &mut [f64],
+        ba: &mut [u32],
+    ) {
+        match kernel {
+            // SAFETY: the portable kernel has no requirements.
+            Kernel::Portable => unsafe { solve_joint_portable(self, fc, fa, bc, ba) },
+            // SAFETY: `Kernel::Avx2` is only chosen when the CPU has AVX2.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { solve_joint_avx2(self, fc, fa, bc, ba) },
+        }
+    }
+}
+
+/// The meeting layer's loop ([`Joint`]), coarse to fine by position as
+/// `layer_solver!`, instantiated once per split kernel. A row's forward
+/// split lies between those of its solved neighbours; its backward split
+/// too, with the neighbours' roles swapped (the right one in forward
+/// order is the left one in mirrored order). A row next to a skipped one
+/// is skipped too (all rows between two skipped-over neighbours were
+/// covered by the bound that skipped them).
+macro_rules! joint_solver {
+    ($(#[$attr:meta])* $vis:vis unsafe fn $name:ident => $split:ident) => {
+        $(#[$attr])*
+        $vis unsafe fn $name(
+            j: &Joint,
+            fc: &mut [f64],
+            fa: &mut [u32],
+            bc: &mut [f64],
+            ba: &mut [u32],
+        ) {
+            let (lo, hi, m) = (j.a, j.m - j.b, j.m);
+            if lo > hi {
+                return;
+            }
+            let n = hi + 1 - lo;
+            let mut s = 1usize << (usize::BITS - 1 - n.leading_zeros());
+            // First position whose forward row is above the bound (n + 1:
+            // none yet); rows right of it are too.
+            let mut dead = n + 1;
+            let mut best_t = j.u;
+            loop {
+                let mut r = s;
+                while r <= n && r < dead {
+                    let row = lo + r - 1;
+                    let rp = (r + s).min(dead);
+                    let left = (r > s).then(|| row - s);
+                    let right = (rp <= n).then(|| lo + rp - 1);
+                    let skip = match (left, right) {
+                        (Some(x), _) if fa[x] == SKIPPED => true,
+                        (_, Some(y)) if fa[y] == SKIPPED => true,
+                        // Without a right neighbour the bound takes the
+                        // last row's backward value, 0 (one value per
+                        // cluster).
+                        (Some(x), y) => {
+                            fc[x] + y.map_or(0.0, |y| bc[y]) > best_t + j.margin
+                        }
+                        (None, _) => false,
+                    };
+                    if skip {
+                        fa[row] = SKIPPED;
+                        r += 2 * s;
+                        continue;
+                    }
+                    // Forward split: between the neighbours', at least the
+                    // previous layer's of the same row, below the row.
+                    let f_end = right.map_or(j.fw.hi, |y| fa[y] as usize).min(row - 1);
+                    let f_below = if row < j.fw.end { j.fw_prev_arg[row] as usize } else { 0 };
+                    let f_start = left
+                        .map_or(j.a - 1, |x| fa[x] as usize)
+                        .max(f_below)
+                        .min(f_end);
+                    // Backward split of the mirrored row.
+                    let ri = m - row;
+                    let b_end = left.map_or(j.bw.hi, |x| ba[x] as usize).min(ri - 1);
+                    let b_below = if ri < j.bw.end { j.bw_prev_arg[ri] as usize } else { 0 };
+                    let b_start = right
+                        .map_or(j.b - 1, |y| ba[y] as usize)
+                        .max(b_below)
+                        .min(b_end);
+                    // SAFETY: the caller guarantees the kernel's target features.
+                    let (fv, fl) = unsafe { $split(j.p, &j.fw.last, row, f_start, f_end) };
+                    // SAFETY: as above.
+                    let (bv, bl) = unsafe { $split(j.rp, &j.bw.last, ri, b_start, b_end) };
+                    fc[row] = fv;
+                    fa[row] = fl as u32;
+                    bc[row] = bv;
+                    ba[row] = bl as u32;
+                    best_t = best_t.min(fv + bv);
+                    if fv > j.u {
+                        dead = r;
+                        break;
+                    }
+                    r += 2 * s;
+                }
+                if s == 1 {
+                    return;
+                }
+                s /= 2;
+            }
+        }
+    };
+}
+
+joint_solver!(
+    /// The meeting layer with the portable split kernel.
+    ///
+    /// # Safety
+    /// None (`unsafe` only to share the macro with the SIMD form).
+    unsafe fn solve_joint_portable => best_split_unsafe
+);
+
+#[cfg(target_arch = "x86_64")]
+joint_solver!(
+    /// The meeting layer with the AVX2 split kernel.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    unsafe fn solve_joint_avx2 => best_split_avx2
+);
+
 /// The plain full DP (all layers, no pruning): the reference the pruned
 /// search is tested against.
 #[cfg(test)]
@@ -633,7 +871,7 @@ fn kmeans_full(h: &Histogram, k: usize) -> f64 {
     if m <= k {
         return 0.0;
     }
-    half(&p, m, k, k, f64::INFINITY, Kernel::detect(), None)
+    half(&p, m, k, k, f64::INFINITY, Kernel::detect())
         .expect("unbounded")
         .last[m]
 }
@@ -705,23 +943,10 @@ struct Layer<'a> {
     hi: usize,
     opt_lo: usize,
     opt_hi: usize,
-    /// For the last forward layer: the other half's last layer, indexed by
-    /// mirrored row (`m - i`), so rows that cannot hold the meeting point
-    /// are skipped (see `layer_solver!`).
-    meet: Option<&'a [f64]>,
-    /// Slack for the skip test: rounding can make computed rows decrease by
-    /// a few ulps where exact ones are non-decreasing.
-    margin: f64,
 }
 
 /// `arg` of a row the meeting layer skipped.
 const SKIPPED: u32 = u32::MAX;
-
-/// The number of distinct values of the layer's histogram.
-#[inline(always)]
-fn m_of(l: &Layer) -> usize {
-    l.p.w.len() - 1 - PAD
-}
 
 impl Layer<'_> {
     /// Fills `cur[lo..=hi]` and `arg[lo..=hi]` up to the first row above
@@ -731,19 +956,10 @@ impl Layer<'_> {
     fn solve(&self, kernel: Kernel, cur: &mut [f64], arg: &mut [u32]) -> usize {
         match kernel {
             // SAFETY: the portable kernel has no requirements.
-            Kernel::Portable if self.meet.is_some() => unsafe {
-                solve_layer_portable::<true>(self, cur, arg)
-            },
-            // SAFETY: as above.
-            Kernel::Portable => unsafe { solve_layer_portable::<false>(self, cur, arg) },
+            Kernel::Portable => unsafe { solve_layer_portable(self, cur, arg) },
             // SAFETY: `Kernel::Avx2` is only chosen when the CPU has AVX2.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 if self.meet.is_some() => unsafe {
-                solve_layer_avx2::<true>(self, cur, arg)
-            },
-            // SAFETY: as above.
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { solve_layer_avx2::<false>(self, cur, arg) },
+            Kernel::Avx2 => unsafe { solve_layer_avx2(self, cur, arg) },
         }
     }
 }
@@ -799,7 +1015,7 @@ fn split_range(
 macro_rules! layer_solver {
     ($(#[$attr:meta])* $vis:vis unsafe fn $name:ident => $split:ident) => {
         $(#[$attr])*
-        $vis unsafe fn $name<const MEET: bool>(l: &Layer, cur: &mut [f64], arg: &mut [u32]) -> usize {
+        $vis unsafe fn $name(l: &Layer, cur: &mut [f64], arg: &mut [u32]) -> usize {
             if l.lo > l.hi {
                 return 1;
             }
@@ -807,65 +1023,7 @@ macro_rules! layer_solver {
             let mut s = 1usize << (usize::BITS - 1 - n.leading_zeros());
             // First position whose row is above the bound (n + 1: none yet).
             let mut dead = n + 1;
-            // Meeting layer: the best `T` of the rows solved so far.
-            let mut best_t = l.u;
-            // One stride of the meeting layer (the last forward layer).
-            // Only the sum `T(i) = F(i) + B(m - i)` with the other half
-            // matters there, F non-decreasing in i and B(m - i)
-            // non-increasing. Every row between the neighbours at `r - s`
-            // and `r + s` has `T >= F(left) + B(m - right)`; if that is
-            // above the best `T` so far (at first the Lloyd bound), none of
-            // them can be the meeting row and the row is skipped, and so
-            // are the rows of finer strides next to a skipped one. Skipped
-            // rows keep their infinite value.
-            #[inline(always)]
-            unsafe fn meet_stride(
-                l: &Layer,
-                s: usize,
-                n: usize,
-                cur: &mut [f64],
-                arg: &mut [u32],
-                dead: &mut usize,
-                best_t: &mut f64,
-            ) {
-                let back = l.meet.expect("meeting layer");
-                let m = m_of(l);
-                let mut r = s;
-                while r <= n && r < *dead {
-                    let row = l.lo + r - 1;
-                    let rp = (r + s).min(*dead);
-                    let right_row = if rp <= n { l.lo + rp - 1 } else { l.hi };
-                    let f_left = if r > s { cur[row - s] } else { f64::NEG_INFINITY };
-                    if (r > s && arg[row - s] == SKIPPED)
-                        || (rp <= n && arg[right_row] == SKIPPED)
-                        || f_left + back[m - right_row] > *best_t + l.margin
-                    {
-                        arg[row] = SKIPPED;
-                        r += 2 * s;
-                        continue;
-                    }
-                    let (row, start, end) = split_range(l, arg, s, n, r, *dead);
-                    // SAFETY: the caller guarantees the kernel's target features.
-                    let (best, best_l) = unsafe { $split(l.p, l.prev, row, start, end) };
-                    cur[row] = best;
-                    arg[row] = best_l as u32;
-                    *best_t = best_t.min(best + back[m - row]);
-                    if best > l.u {
-                        *dead = r;
-                        return;
-                    }
-                    r += 2 * s;
-                }
-            }
             loop {
-                if MEET {
-                    meet_stride(l, s, n, cur, arg, &mut dead, &mut best_t);
-                    if s == 1 {
-                        return dead;
-                    }
-                    s /= 2;
-                    continue;
-                }
                 let mut r = s;
                 while r <= n && r < dead {
                     let (row, start, end) = split_range(l, arg, s, n, r, dead);
