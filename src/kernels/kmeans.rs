@@ -618,6 +618,11 @@ fn meet_in_the_middle(
         margin: k as f64 * 1e-13 * p.q[m].abs(),
     };
     joint.solve(kernel, &mut fc, &mut fa, &mut bc, &mut ba);
+    #[cfg(test)]
+    tests::MEET_ROWS.with(|c| {
+        let solved = fc[a..=m - b].iter().filter(|v| v.is_finite()).count();
+        c.set((solved, m - b + 1 - a));
+    });
     let (mut best, mut meet) = (f64::INFINITY, 0);
     for i in a..=m - b {
         let v = fc[i] + bc[i];
@@ -1415,6 +1420,35 @@ mod tests {
                     .sum::<f64>()
             })
             .sum()
+    }
+
+    thread_local! {
+        /// (rows the last meeting layer solved, rows it had) on this thread.
+        pub(super) static MEET_ROWS: std::cell::Cell<(usize, usize)> =
+            const { std::cell::Cell::new((0, 0)) };
+    }
+
+    /// The meeting layer skips most of its rows on weight-like data (both
+    /// directions at once). Exactness tests cannot see a skip test that
+    /// never fires; this one does.
+    #[test]
+    fn meeting_layer_skips_most_rows() {
+        for (n, seed) in [(20480, 1), (184320, 2)] {
+            let h = unet_like(n, seed);
+            let got = kmeans_1d(&h, 16);
+            let (solved, rows) = MEET_ROWS.with(|c| c.get());
+            assert_eq!(got, kmeans_1d_with(&h, 16, Kernel::Portable));
+            assert!(rows > 1000, "m {} rows {rows}", h.len());
+            assert!(
+                solved * 5 < rows,
+                "the meeting layer solved {solved} of {rows} rows (m {})",
+                h.len()
+            );
+            eprintln!(
+                "m {}: meeting layer solved {solved} of {rows} rows",
+                h.len()
+            );
+        }
     }
 
     /// fp16-rounded values shaped like a conv/linear weight group: normal
