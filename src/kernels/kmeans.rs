@@ -623,33 +623,17 @@ fn meet_in_the_middle(
         let solved = fc[a..=m - b].iter().filter(|v| v.is_finite()).count();
         c.set((solved, m - b + 1 - a));
     });
-    let (mut best, mut meet) = (f64::INFINITY, 0);
-    for i in a..=m - b {
-        let v = fc[i] + bc[i];
-        if v < best {
-            best = v;
-            meet = i;
-        }
-    }
+    let (best, meet) = meeting_row(a, m - b, |i| fc[i] + bc[i]);
     let found = best.is_finite().then(|| {
         let mut starts = vec![0usize; k];
         starts[a] = meet;
-        let stride = m + 1;
-        let mut i = fa[meet] as usize;
-        starts[a - 1] = i;
-        for j in (1..a - 1).rev() {
-            i = fw.arg[j * stride + i] as usize;
-            starts[j] = i;
-        }
+        let (fl, bl) = (fa[meet] as usize, ba[meet] as usize);
+        starts[a - 1] = fl;
+        trace(&fw.arg, m, a - 2, fl, |j, i| starts[j] = i);
         // Mirrored row r covers original values m-r..m; a mirrored split l
         // starts the original cluster at m-l.
-        let mut r = ba[meet] as usize;
-        starts[k - b + 1] = m - r;
-        for j in (1..b - 1).rev() {
-            let l = bw.arg[j * stride + r] as usize;
-            starts[k - j] = m - l;
-            r = l;
-        }
+        starts[k - b + 1] = m - bl;
+        trace(&bw.arg, m, b - 2, bl, |j, l| starts[k - j] = m - l);
         finish(h, starts, best)
     });
     give_back([fc, bc], [fa, ba]);
@@ -676,36 +660,43 @@ fn meet_in_the_middle_small(
         bw.recycle();
         return None;
     };
+    let (best, meet) = meeting_row(a, m - b, |i| fw.last[i] + bw.last[m - i]);
+    let found = best.is_finite().then(|| {
+        let mut starts = vec![0usize; k];
+        starts[a] = meet;
+        trace(&fw.arg, m, a - 1, meet, |j, i| starts[j] = i);
+        trace(&bw.arg, m, b - 1, m - meet, |j, l| starts[k - j] = m - l);
+        finish(h, starts, best)
+    });
+    bw.recycle();
+    fw.recycle();
+    found
+}
+
+/// The leftmost row `i` in `lo..=hi` with the smallest meeting sum `t(i)`,
+/// and that sum.
+fn meeting_row(lo: usize, hi: usize, t: impl Fn(usize) -> f64) -> (f64, usize) {
     let (mut best, mut meet) = (f64::INFINITY, 0);
-    for i in a..=m - b {
-        let v = fw.last[i] + bw.last[m - i];
+    for i in lo..=hi {
+        let v = t(i);
         if v < best {
             best = v;
             meet = i;
         }
     }
-    if !best.is_finite() {
-        bw.recycle();
-        fw.recycle();
-        return None;
+    (best, meet)
+}
+
+/// Walks a half's splits back from row `i` of layer `top + 1`: for layers
+/// `top + 1` down to 2, `put(j, l)` with `l` the split of the current row in
+/// layer `j + 1` (the start of cluster `j` counted from that end), which is
+/// then the row of layer `j`. `arg` holds layer `j`'s splits at
+/// `(j - 1) * (m + 1)`.
+fn trace(arg: &[u32], m: usize, top: usize, mut i: usize, mut put: impl FnMut(usize, usize)) {
+    for j in (1..=top).rev() {
+        i = arg[j * (m + 1) + i] as usize;
+        put(j, i);
     }
-    let mut starts = vec![0usize; k];
-    starts[a] = meet;
-    let stride = m + 1;
-    let mut i = meet;
-    for j in (1..a).rev() {
-        i = fw.arg[j * stride + i] as usize;
-        starts[j] = i;
-    }
-    let mut r = m - meet;
-    for j in (1..b).rev() {
-        let l = bw.arg[j * stride + r] as usize;
-        starts[k - j] = m - l;
-        r = l;
-    }
-    bw.recycle();
-    fw.recycle();
-    Some(finish(h, starts, best))
 }
 
 /// The meeting layer: layer `a` of the forward half and layer `b` of the
