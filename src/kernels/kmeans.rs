@@ -169,6 +169,11 @@ impl Prefix {
         let (mut f, mut b) = (pooled(), pooled());
         let (mut fw, mut fs, mut fq) = (0.0, 0.0, 0.0);
         let (mut bw, mut bs, mut bq) = (0.0, 0.0, 0.0);
+        // Every slice exactly `m` long, so the loop carries no bounds
+        // checks (with them, and the six output pointers spilled, this loop
+        // was half of the time outside the DP layers).
+        let (ofw, ofs, ofq) = (&mut f.w[1..=m], &mut f.s[1..=m], &mut f.q[1..=m]);
+        let (obw, obs, obq) = (&mut b.w[1..=m], &mut b.s[1..=m], &mut b.q[1..=m]);
         for t in 0..m {
             let r = m - 1 - t;
             let (x, w) = (v[t], c[t]);
@@ -176,17 +181,17 @@ impl Prefix {
             fw += w;
             fs += w * d;
             fq += w * d * d;
-            f.w[t + 1] = fw;
-            f.s[t + 1] = fs;
-            f.q[t + 1] = fq;
+            ofw[t] = fw;
+            ofs[t] = fs;
+            ofq[t] = fq;
             let (x, w) = (-v[r], c[r]);
             let d = x - mb;
             bw += w;
             bs += w * d;
             bq += w * d * d;
-            b.w[t + 1] = bw;
-            b.s[t + 1] = bs;
-            b.q[t + 1] = bq;
+            obw[t] = bw;
+            obs[t] = bs;
+            obq[t] = bq;
         }
         for t in m + 1..len {
             (f.w[t], f.s[t], f.q[t]) = (fw, fs, fq);
@@ -750,6 +755,29 @@ impl Joint<'_> {
     }
 }
 
+/// `v[i]` without a bounds check, for the solver loops that check their
+/// index ranges once on entry.
+///
+/// # Safety
+/// `i < v.len()`.
+#[inline(always)]
+unsafe fn at<T: Copy>(v: &[T], i: usize) -> T {
+    debug_assert!(i < v.len());
+    // SAFETY: the caller guarantees `i < v.len()`.
+    unsafe { *v.get_unchecked(i) }
+}
+
+/// `v[i] = x` without a bounds check (see [`at`]).
+///
+/// # Safety
+/// `i < v.len()`.
+#[inline(always)]
+unsafe fn put<T>(v: &mut [T], i: usize, x: T) {
+    debug_assert!(i < v.len());
+    // SAFETY: the caller guarantees `i < v.len()`.
+    unsafe { *v.get_unchecked_mut(i) = x }
+}
+
 /// The meeting layer's loop ([`Joint`]), coarse to fine by position as
 /// `layer_solver!`, instantiated once per split kernel. A row's forward
 /// split lies between those of its solved neighbours; its backward split
@@ -772,6 +800,12 @@ macro_rules! joint_solver {
                 return;
             }
             let n = hi + 1 - lo;
+            // Rows are in `lo..=hi`, mirrored rows in `m - hi..=m - lo`, and
+            // the previous layers' splits are read below their `end`:
+            // checked once here, so the loop goes without bounds checks.
+            assert!(fc.len() > hi && fa.len() > hi && bc.len() > hi && ba.len() > hi);
+            assert!(j.fw.end == 0 || j.fw_prev_arg.len() >= j.fw.end);
+            assert!(j.bw.end == 0 || j.bw_prev_arg.len() >= j.bw.end);
             let mut s = 1usize << (usize::BITS - 1 - n.leading_zeros());
             // First position whose forward row is above the bound (n + 1:
             // none yet); rows right of it are too.
@@ -785,45 +819,45 @@ macro_rules! joint_solver {
                     let left = (r > s).then(|| row - s);
                     let right = (rp <= n).then(|| lo + rp - 1);
                     let skip = match (left, right) {
-                        (Some(x), _) if fa[x] == SKIPPED => true,
-                        (_, Some(y)) if fa[y] == SKIPPED => true,
+                        (Some(x), _) if at(fa, x) == SKIPPED => true,
+                        (_, Some(y)) if at(fa, y) == SKIPPED => true,
                         // Without a right neighbour the bound takes the
                         // last row's backward value, 0 (one value per
                         // cluster).
                         (Some(x), y) => {
-                            fc[x] + y.map_or(0.0, |y| bc[y]) > best_t + j.margin
+                            at(fc, x) + y.map_or(0.0, |y| at(bc, y)) > best_t + j.margin
                         }
                         (None, _) => false,
                     };
                     if skip {
-                        fa[row] = SKIPPED;
+                        put(fa, row, SKIPPED);
                         r += 2 * s;
                         continue;
                     }
                     // Forward split: between the neighbours', at least the
                     // previous layer's of the same row, below the row.
-                    let f_end = right.map_or(j.fw.hi, |y| fa[y] as usize).min(row - 1);
-                    let f_below = if row < j.fw.end { j.fw_prev_arg[row] as usize } else { 0 };
+                    let f_end = right.map_or(j.fw.hi, |y| at(fa, y) as usize).min(row - 1);
+                    let f_below = if row < j.fw.end { at(j.fw_prev_arg, row) as usize } else { 0 };
                     let f_start = left
-                        .map_or(j.a - 1, |x| fa[x] as usize)
+                        .map_or(j.a - 1, |x| at(fa, x) as usize)
                         .max(f_below)
                         .min(f_end);
                     // Backward split of the mirrored row.
                     let ri = m - row;
-                    let b_end = left.map_or(j.bw.hi, |x| ba[x] as usize).min(ri - 1);
-                    let b_below = if ri < j.bw.end { j.bw_prev_arg[ri] as usize } else { 0 };
+                    let b_end = left.map_or(j.bw.hi, |x| at(ba, x) as usize).min(ri - 1);
+                    let b_below = if ri < j.bw.end { at(j.bw_prev_arg, ri) as usize } else { 0 };
                     let b_start = right
-                        .map_or(j.b - 1, |y| ba[y] as usize)
+                        .map_or(j.b - 1, |y| at(ba, y) as usize)
                         .max(b_below)
                         .min(b_end);
                     // SAFETY: the caller guarantees the kernel's target features.
                     let (fv, fl) = unsafe { $split(j.p, &j.fw.last, row, f_start, f_end) };
                     // SAFETY: as above.
                     let (bv, bl) = unsafe { $split(j.rp, &j.bw.last, ri, b_start, b_end) };
-                    fc[row] = fv;
-                    fa[row] = fl as u32;
-                    bc[row] = bv;
-                    ba[row] = bl as u32;
+                    put(fc, row, fv);
+                    put(fa, row, fl as u32);
+                    put(bc, row, bv);
+                    put(ba, row, bl as u32);
                     best_t = best_t.min(fv + bv);
                     if fv > j.u {
                         dead = r;
@@ -974,20 +1008,22 @@ fn split_range(
     dead: usize,
 ) -> (usize, usize, usize) {
     let row = l.lo + r - 1;
+    // SAFETY (all three reads): rows are at most `l.hi`, which the layer
+    // loop checked against the lengths of `arg` and `prev_arg` on entry.
     let left = if r > s {
-        arg[row - s] as usize
+        unsafe { *arg.get_unchecked(row - s) as usize }
     } else {
         l.opt_lo
     };
     let rp = (r + s).min(dead);
     let right = if rp <= n {
-        arg[l.lo + rp - 1] as usize
+        unsafe { *arg.get_unchecked(l.lo + rp - 1) as usize }
     } else {
         l.opt_hi
     };
     let end = right.min(row - 1);
     let below = if row < l.prev_end {
-        l.prev_arg[row] as usize
+        unsafe { *l.prev_arg.get_unchecked(row) as usize }
     } else {
         0
     };
@@ -1016,6 +1052,12 @@ macro_rules! layer_solver {
                 return 1;
             }
             let n = l.hi + 1 - l.lo;
+            // Every row and split below is at most `l.hi` (splits are below
+            // their row): checked once here, so the loop reads and writes
+            // without per-access bounds checks.
+            assert!(cur.len() > l.hi && arg.len() > l.hi && l.prev.len() > l.hi);
+            assert!(l.p.w.len() > l.hi && l.p.s.len() > l.hi && l.p.q.len() > l.hi);
+            assert!(l.prev_end == 0 || l.prev_arg.len() >= l.prev_end);
             let mut s = 1usize << (usize::BITS - 1 - n.leading_zeros());
             // First position whose row is above the bound (n + 1: none yet).
             let mut dead = n + 1;
@@ -1034,14 +1076,20 @@ macro_rules! layer_solver {
                         let (best, best_l) = unsafe { $split(l.p, l.prev, row, start, end) };
                         // SAFETY: as above.
                         let (best2, best_l2) = unsafe { $split(l.p, l.prev, row2, start2, end2) };
-                        cur[row] = best;
-                        arg[row] = best_l as u32;
+                        // SAFETY: rows are at most `l.hi` (checked on entry).
+                        unsafe {
+                            *cur.get_unchecked_mut(row) = best;
+                            *arg.get_unchecked_mut(row) = best_l as u32;
+                        }
                         if best > l.u {
                             dead = r;
                             break;
                         }
-                        cur[row2] = best2;
-                        arg[row2] = best_l2 as u32;
+                        // SAFETY: as above.
+                        unsafe {
+                            *cur.get_unchecked_mut(row2) = best2;
+                            *arg.get_unchecked_mut(row2) = best_l2 as u32;
+                        }
                         if best2 > l.u {
                             dead = r2;
                             break;
@@ -1051,8 +1099,11 @@ macro_rules! layer_solver {
                     }
                     // SAFETY: the caller guarantees the kernel's target features.
                     let (best, best_l) = unsafe { $split(l.p, l.prev, row, start, end) };
-                    cur[row] = best;
-                    arg[row] = best_l as u32;
+                    // SAFETY: as above.
+                    unsafe {
+                        *cur.get_unchecked_mut(row) = best;
+                        *arg.get_unchecked_mut(row) = best_l as u32;
+                    }
                     if best > l.u {
                         dead = r;
                         break;
@@ -1152,8 +1203,9 @@ fn best_split(p: &Prefix, prev: &[f64], i: usize, a: usize, b: usize) -> (f64, u
 /// consecutive rows (most rows have only a handful of candidates).
 ///
 /// # Safety
-/// The CPU must support AVX2. The prefix arrays and `prev` must hold
-/// [`PAD`] readable entries past `b` (their values are masked out).
+/// The CPU must support AVX2. `i` must index the prefix arrays, and they
+/// and `prev` must hold [`PAD`] readable entries past `b` (their values
+/// are masked out).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
@@ -1168,10 +1220,11 @@ unsafe fn best_split_avx2(p: &Prefix, prev: &[f64], i: usize, a: usize, b: usize
         p.q.as_ptr().add(a),
         prev.as_ptr().add(a),
     );
+    debug_assert!(i < p.w.len().min(p.s.len()).min(p.q.len()));
     let (wi, si, qi) = (
-        _mm256_set1_pd(p.w[i]),
-        _mm256_set1_pd(p.s[i]),
-        _mm256_set1_pd(p.q[i]),
+        _mm256_set1_pd(*p.w.get_unchecked(i)),
+        _mm256_set1_pd(*p.s.get_unchecked(i)),
+        _mm256_set1_pd(*p.q.get_unchecked(i)),
     );
     let inf = _mm256_set1_pd(f64::INFINITY);
     if n <= 4 {
