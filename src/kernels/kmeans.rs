@@ -1212,8 +1212,7 @@ fn best_split(p: &Prefix, prev: &[f64], i: usize, a: usize, b: usize) -> (f64, u
 unsafe fn best_split_avx2(p: &Prefix, prev: &[f64], i: usize, a: usize, b: usize) -> (f64, usize) {
     use std::arch::x86_64::*;
     let n = b + 1 - a;
-    let chunks = n.div_ceil(4);
-    debug_assert!(a + 4 * chunks <= prev.len().min(p.w.len()));
+    debug_assert!(a + 4 * n.div_ceil(4) <= prev.len().min(p.w.len()));
     let (ws, ss, qs, ps) = (
         p.w.as_ptr().add(a),
         p.s.as_ptr().add(a),
@@ -1237,12 +1236,11 @@ unsafe fn best_split_avx2(p: &Prefix, prev: &[f64], i: usize, a: usize, b: usize
             _mm256_div_pd(_mm256_mul_pd(d, d), _mm256_sub_pd(wi, _mm256_loadu_pd(ws))),
         );
         let v = _mm256_add_pd(_mm256_loadu_pd(ps), cost);
-        let lanes = _mm256_setr_pd(0.0, 1.0, 2.0, 3.0);
-        let v = _mm256_blendv_pd(
-            inf,
-            v,
-            _mm256_cmp_pd::<_CMP_LT_OQ>(lanes, _mm256_set1_pd(n as i32 as f64)),
-        );
+        // Lanes below `n` hold candidates: an integer compare, as the
+        // conversion of `n` to f64 took five instructions here.
+        let lanes = _mm256_setr_epi64x(0, 1, 2, 3);
+        let live = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n as i64), lanes);
+        let v = _mm256_blendv_pd(inf, v, _mm256_castsi256_pd(live));
         // As the loop below: only values below +inf count (NaN never does).
         let best = _mm256_blendv_pd(inf, v, _mm256_cmp_pd::<_CMP_LT_OQ>(v, inf));
         let m1 = _mm256_min_pd(best, _mm256_permute_pd::<0b0101>(best));
@@ -1252,6 +1250,7 @@ unsafe fn best_split_avx2(p: &Prefix, prev: &[f64], i: usize, a: usize, b: usize
         let at = _mm256_movemask_pd(_mm256_cmp_pd::<_CMP_EQ_OQ>(best, mn)) as u32;
         return (bv, a + at.trailing_zeros() as usize);
     }
+    let chunks = n.div_ceil(4);
     let none = _mm256_set1_pd(f64::MAX);
     let four = _mm256_set1_pd(4.0);
     // Through i32: one conversion instruction (rows are far below 2^31).
