@@ -1230,19 +1230,32 @@ unsafe fn best_split_avx2(p: &Prefix, prev: &[f64], i: usize, a: usize, b: usize
         // One vector (most rows at the fine strides): the candidates'
         // offsets are the lanes, so the leftmost minimum is the lowest set
         // bit of a compare mask, without a second cross-lane reduction.
+        //
+        // Lanes from `n` on are not candidates. They are masked on the
+        // inputs, which are loads ready long before the division: their
+        // value becomes +inf and their divisor 1 (no 0/0). Everything after
+        // the division is on the row's critical path, and with about ten
+        // vector operations per row waiting there the scheduler, not the
+        // arithmetic, limits how many rows overlap. Live lanes compute the
+        // same operations as the loop below, and none of them is NaN (the
+        // candidates' `prev` are written, their divisor is a positive
+        // count), so there is nothing else to mask.
+        let live = _mm256_castsi256_pd(_mm256_cmpgt_epi64(
+            _mm256_set1_epi64x(n as i64),
+            _mm256_setr_epi64x(0, 1, 2, 3),
+        ));
+        let w = _mm256_blendv_pd(
+            _mm256_set1_pd(1.0),
+            _mm256_sub_pd(wi, _mm256_loadu_pd(ws)),
+            live,
+        );
+        let pv = _mm256_blendv_pd(inf, _mm256_loadu_pd(ps), live);
         let d = _mm256_sub_pd(si, _mm256_loadu_pd(ss));
         let cost = _mm256_sub_pd(
             _mm256_sub_pd(qi, _mm256_loadu_pd(qs)),
-            _mm256_div_pd(_mm256_mul_pd(d, d), _mm256_sub_pd(wi, _mm256_loadu_pd(ws))),
+            _mm256_div_pd(_mm256_mul_pd(d, d), w),
         );
-        let v = _mm256_add_pd(_mm256_loadu_pd(ps), cost);
-        // Lanes below `n` hold candidates: an integer compare, as the
-        // conversion of `n` to f64 took five instructions here.
-        let lanes = _mm256_setr_epi64x(0, 1, 2, 3);
-        let live = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n as i64), lanes);
-        let v = _mm256_blendv_pd(inf, v, _mm256_castsi256_pd(live));
-        // As the loop below: only values below +inf count (NaN never does).
-        let best = _mm256_blendv_pd(inf, v, _mm256_cmp_pd::<_CMP_LT_OQ>(v, inf));
+        let best = _mm256_add_pd(pv, cost);
         let m1 = _mm256_min_pd(best, _mm256_permute_pd::<0b0101>(best));
         let mn = _mm256_min_pd(m1, _mm256_permute2f128_pd::<1>(m1, m1));
         let bv = _mm256_cvtsd_f64(mn);
