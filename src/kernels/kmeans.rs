@@ -1011,19 +1011,19 @@ fn split_range(
     // SAFETY (all three reads): rows are at most `l.hi`, which the layer
     // loop checked against the lengths of `arg` and `prev_arg` on entry.
     let left = if r > s {
-        unsafe { *arg.get_unchecked(row - s) as usize }
+        unsafe { at(arg, row - s) as usize }
     } else {
         l.opt_lo
     };
     let rp = (r + s).min(dead);
     let right = if rp <= n {
-        unsafe { *arg.get_unchecked(l.lo + rp - 1) as usize }
+        unsafe { at(arg, l.lo + rp - 1) as usize }
     } else {
         l.opt_hi
     };
     let end = right.min(row - 1);
     let below = if row < l.prev_end {
-        unsafe { *l.prev_arg.get_unchecked(row) as usize }
+        unsafe { at(l.prev_arg, row) as usize }
     } else {
         0
     };
@@ -1078,8 +1078,8 @@ macro_rules! layer_solver {
                         let (best2, best_l2) = unsafe { $split(l.p, l.prev, row2, start2, end2) };
                         // SAFETY: rows are at most `l.hi` (checked on entry).
                         unsafe {
-                            *cur.get_unchecked_mut(row) = best;
-                            *arg.get_unchecked_mut(row) = best_l as u32;
+                            put(cur, row, best);
+                            put(arg, row, best_l as u32);
                         }
                         if best > l.u {
                             dead = r;
@@ -1087,8 +1087,8 @@ macro_rules! layer_solver {
                         }
                         // SAFETY: as above.
                         unsafe {
-                            *cur.get_unchecked_mut(row2) = best2;
-                            *arg.get_unchecked_mut(row2) = best_l2 as u32;
+                            put(cur, row2, best2);
+                            put(arg, row2, best_l2 as u32);
                         }
                         if best2 > l.u {
                             dead = r2;
@@ -1101,8 +1101,8 @@ macro_rules! layer_solver {
                     let (best, best_l) = unsafe { $split(l.p, l.prev, row, start, end) };
                     // SAFETY: as above.
                     unsafe {
-                        *cur.get_unchecked_mut(row) = best;
-                        *arg.get_unchecked_mut(row) = best_l as u32;
+                        put(cur, row, best);
+                        put(arg, row, best_l as u32);
                     }
                     if best > l.u {
                         dead = r;
@@ -1219,11 +1219,10 @@ unsafe fn best_split_avx2(p: &Prefix, prev: &[f64], i: usize, a: usize, b: usize
         p.q.as_ptr().add(a),
         prev.as_ptr().add(a),
     );
-    debug_assert!(i < p.w.len().min(p.s.len()).min(p.q.len()));
     let (wi, si, qi) = (
-        _mm256_set1_pd(*p.w.get_unchecked(i)),
-        _mm256_set1_pd(*p.s.get_unchecked(i)),
-        _mm256_set1_pd(*p.q.get_unchecked(i)),
+        _mm256_set1_pd(at(&p.w, i)),
+        _mm256_set1_pd(at(&p.s, i)),
+        _mm256_set1_pd(at(&p.q, i)),
     );
     let inf = _mm256_set1_pd(f64::INFINITY);
     if n <= 4 {
